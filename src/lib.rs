@@ -1,0 +1,1 @@
+//! The apivip daemon and its command-line interface.
