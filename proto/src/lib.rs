@@ -1,5 +1,9 @@
 //! apivip's protocol core: the wire format and the election state machine.
 //!
 //! Nothing here performs I/O or reads a clock. Every input carries its own timestamp and
-//! every output is an [`Action`](election::Action) for the caller to carry out, so a test
-//! can drive a whole simulated cluster deterministically.
+//! every output is an action for the caller to carry out, so a test can drive a whole
+//! simulated cluster deterministically.
+
+pub mod message;
+
+pub use message::{Body, Flags, Message, MessageKind, NodeId, Priority, Term};
