@@ -1,1 +1,4 @@
 //! The apivip daemon and its command-line interface.
+
+pub mod config;
+pub mod duration;

@@ -7,3 +7,7 @@
 pub mod message;
 
 pub use message::{Body, Flags, Message, MessageKind, NodeId, Priority, Term};
+pub mod time;
+pub mod timing;
+
+pub use time::Instant;
