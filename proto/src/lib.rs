@@ -4,10 +4,11 @@
 //! every output is an action for the caller to carry out, so a test can drive a whole
 //! simulated cluster deterministically.
 
+pub mod election;
 pub mod message;
-
-pub use message::{Body, Flags, Message, MessageKind, NodeId, Priority, Term};
+pub mod rng;
 pub mod time;
 pub mod timing;
 
+pub use message::{Body, Flags, Message, MessageKind, NodeId, Priority, Term};
 pub use time::Instant;
