@@ -5,5 +5,7 @@
 //! simulated cluster deterministically.
 
 pub mod message;
+pub mod wire;
 
 pub use message::{Body, Flags, Message, MessageKind, NodeId, Priority, Term};
+pub use wire::{ClusterId, Codec, DecodeError, Key, KeyError, Keyring, Received};
