@@ -160,6 +160,11 @@ impl Codec {
         self.epoch
     }
 
+    /// How many senders this codec keeps a replay window for (at most [`MAX_SENDERS`]).
+    pub fn tracked_senders(&self) -> usize {
+        self.windows.len()
+    }
+
     /// The counter the next encoded datagram will carry.
     pub fn next_counter(&self) -> u64 {
         self.next_counter
