@@ -847,6 +847,17 @@ fn rejects_stale() {
         }),
         "counters start at 1"
     );
+    // Counter 0 is refused even as a sender's first datagram, and records nothing.
+    let mut fresh = receiver();
+    assert_eq!(
+        fresh.decode(&at(EPOCH, 0)),
+        Err(DecodeError::Stale {
+            from: 1,
+            epoch: EPOCH,
+            counter: 0
+        })
+    );
+    assert_eq!(fresh.tracked_senders(), 0);
 }
 
 #[test]
@@ -1419,6 +1430,7 @@ fn fuzzed_datagrams_never_panic() {
         *outcomes.entry(label(&result)).or_default() += 1;
     }
     assert!(rx.tracked_senders() <= MAX_SENDERS);
+    eprintln!("fuzz outcomes: {outcomes:?}");
 
     // The fuzzer must have reached every layer, or it proves little.
     for reason in DecodeError::REASONS {
@@ -1468,4 +1480,43 @@ fn every_single_bit_flip_is_rejected() {
         }
     }
     assert!(flips > 50_000, "{flips} flips");
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoder invariants
+
+/// A ballot whose `granted` disagrees with its reason is a state-machine bug; debug
+/// builds (where the simulator runs) stop at the encoder instead of sending a datagram
+/// every peer drops.
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "encoding an invalid message")]
+fn encoding_an_inconsistent_ballot_asserts_in_debug_builds() {
+    let msg = Message {
+        term: 1,
+        body: Body::Vote(Ballot {
+            granted: true,
+            reason: VoteReason::AlreadyVoted,
+        }),
+    };
+    codec(1, EPOCH).encode(2, &msg);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "encoding an invalid message")]
+fn encoding_a_transfer_from_node_zero_asserts_in_debug_builds() {
+    let msg = Message {
+        term: 1,
+        body: Body::VoteRequest(VoteRequest {
+            priority: 1,
+            flags: Flags::default(),
+            transfer: Some(Transfer {
+                from: 0,
+                term: 1,
+                last_seq: 1,
+            }),
+        }),
+    };
+    codec(1, EPOCH).encode(2, &msg);
 }

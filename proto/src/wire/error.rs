@@ -10,25 +10,50 @@ use super::ClusterId;
 pub enum DecodeError {
     /// Shorter than header + MAC, or than the body length the header declares.
     #[error("truncated datagram: {len} bytes, need {need}")]
-    Truncated { len: usize, need: usize },
+    Truncated {
+        /// The datagram's length.
+        len: usize,
+        /// The length it needs to have.
+        need: usize,
+    },
     /// Longer than any valid datagram ([`super::MAX_DATAGRAM`] bytes).
     #[error("oversized datagram: {len} bytes, at most {max}", max = super::MAX_DATAGRAM)]
-    Oversized { len: usize },
+    Oversized {
+        /// The datagram's length.
+        len: usize,
+    },
     /// Not an apivip datagram at all (another protocol on the same port).
-    #[error("bad magic {got:02x?}, expected \"AV\"")]
-    BadMagic { got: [u8; 2] },
+    #[error("bad magic {got:02x?}, expected \"AV\" (not an apivip datagram)")]
+    BadMagic {
+        /// The first two bytes.
+        got: [u8; 2],
+    },
     /// An apivip datagram of a protocol version this build does not speak.
     #[error("unsupported protocol version {got}, this node speaks {ours}", ours = super::VERSION)]
-    UnsupportedVersion { got: u8 },
+    UnsupportedVersion {
+        /// The version byte.
+        got: u8,
+    },
     /// A message type code this version does not define.
     #[error("unknown message type {code}")]
-    UnknownKind { code: u8 },
+    UnknownKind {
+        /// The type byte.
+        code: u8,
+    },
     /// A datagram for another cluster (different cluster name).
     #[error("datagram for cluster {got}, this node is in cluster {ours}; check the cluster name")]
-    WrongCluster { got: ClusterId, ours: ClusterId },
+    WrongCluster {
+        /// The cluster id in the datagram.
+        got: ClusterId,
+        /// This node's cluster id.
+        ours: ClusterId,
+    },
     /// Addressed to another node.
     #[error("datagram addressed to node {to}, not to this node")]
-    WrongRecipient { to: NodeId },
+    WrongRecipient {
+        /// The addressee in the datagram.
+        to: NodeId,
+    },
     /// The sender id is this node's own id: a looped-back datagram, or another node
     /// configured with the same id.
     #[error("datagram claims to come from this node's own id; is another node using the same id?")]
@@ -36,9 +61,14 @@ pub enum DecodeError {
     /// Sender id 0, which is reserved for "any node".
     #[error("datagram from node id 0, which no node may use")]
     ZeroSender,
-    /// Longer than the body length the header declares.
+    /// Longer than header + MAC + the body length the header declares.
     #[error("datagram is {len} bytes but its header declares {expected}")]
-    LengthMismatch { len: usize, expected: usize },
+    LengthMismatch {
+        /// The datagram's length.
+        len: usize,
+        /// The length its header declares.
+        expected: usize,
+    },
     /// No key in the ring produced this MAC: a different key, or a forged or corrupted
     /// datagram.
     #[error("bad MAC: not signed with any of this node's keys")]
@@ -46,25 +76,41 @@ pub enum DecodeError {
     /// Authentic, but the body breaks the format.
     #[error("malformed {} body: {what}", kind.as_str())]
     Malformed {
+        /// The message type from the header.
         kind: MessageKind,
+        /// What is wrong with the body.
         what: &'static str,
     },
     /// Authentic, but already received (a duplicate or a replay).
     #[error("replayed datagram from node {from}: counter {counter} already seen")]
-    Replayed { from: NodeId, counter: u64 },
+    Replayed {
+        /// The sender.
+        from: NodeId,
+        /// The datagram's counter.
+        counter: u64,
+    },
     /// Authentic, but from an older epoch of the sender than one already seen, or with a
     /// counter below the replay window.
-    #[error("stale datagram from node {from}: epoch {epoch}, counter {counter}")]
+    #[error(
+        "stale datagram from node {from}: epoch {epoch} counter {counter} is from an older \
+         epoch than seen before or below the replay window"
+    )]
     Stale {
+        /// The sender.
         from: NodeId,
+        /// The datagram's epoch.
         epoch: u64,
+        /// The datagram's counter.
         counter: u64,
     },
     /// Authentic, but from a sender id beyond the number of senders a codec tracks. Only
     /// a key holder can cause it; new ids are refused rather than old ones forgotten, so
     /// that no sender's replay window is ever reopened.
     #[error("datagram from node {from}: already tracking {max} senders", max = super::MAX_SENDERS)]
-    TooManySenders { from: NodeId },
+    TooManySenders {
+        /// The sender.
+        from: NodeId,
+    },
 }
 
 impl DecodeError {

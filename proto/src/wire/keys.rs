@@ -29,16 +29,32 @@ pub enum KeyError {
         "key file line {line}: key is {len} bytes, need at least {MIN_KEY_LEN} \
          (generate one with `openssl rand -base64 32`)"
     )]
-    LineTooShort { line: usize, len: usize },
+    LineTooShort {
+        /// 1-based line number in the file.
+        line: usize,
+        /// The key's length in bytes.
+        len: usize,
+    },
     /// A key given directly (not through a file) is shorter than [`MIN_KEY_LEN`].
     #[error("key is {len} bytes, need at least {MIN_KEY_LEN}")]
-    TooShort { len: usize },
+    TooShort {
+        /// The key's length in bytes.
+        len: usize,
+    },
     /// The same key appears twice; almost certainly a paste mistake during a rotation.
     #[error("key file line {line}: same key as line {first}")]
-    Duplicate { line: usize, first: usize },
+    Duplicate {
+        /// The line of the repeat.
+        line: usize,
+        /// The line where the key first appears.
+        first: usize,
+    },
     /// More than [`MAX_KEYS`] keys.
     #[error("key file line {line}: more than {MAX_KEYS} keys; remove retired keys")]
-    TooMany { line: usize },
+    TooMany {
+        /// The line of the first key over the limit.
+        line: usize,
+    },
 }
 
 /// One shared secret. `Debug` shows only its fingerprint.
