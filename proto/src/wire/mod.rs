@@ -184,8 +184,9 @@ impl Codec {
     /// the datagram is then sent.
     ///
     /// A [`crate::message::Ballot`] whose `granted` disagrees with its reason, or a
-    /// [`crate::message::Transfer`] from node 0, is a bug of the caller: receivers reject
-    /// the first as malformed and read the second as "no transfer". Debug builds assert.
+    /// [`crate::message::Transfer`] from node 0, is a bug of the caller that receivers
+    /// reject as malformed (a transfer from 0 with term and seq 0 would even read as "no
+    /// transfer"). Debug builds assert instead of sending it.
     pub fn encode_into(&mut self, to: NodeId, msg: &Message, out: &mut Vec<u8>) {
         debug_assert!(well_formed(msg), "encoding an invalid message: {msg:?}");
         let kind = msg.body.kind();
