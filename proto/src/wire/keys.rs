@@ -69,23 +69,21 @@ pub struct Key {
 impl Key {
     /// A key from raw secret bytes (at least [`MIN_KEY_LEN`]).
     pub fn new(bytes: &[u8]) -> Result<Key, KeyError> {
+        let too_short = KeyError::TooShort { len: bytes.len() };
         if bytes.len() < MIN_KEY_LEN {
-            return Err(KeyError::TooShort { len: bytes.len() });
+            return Err(too_short);
         }
-        Ok(Key::unchecked(bytes))
+        Key::build(bytes).ok_or(too_short)
     }
 
-    fn unchecked(bytes: &[u8]) -> Key {
-        // HMAC takes keys of any length, so this cannot fail; the fallback keeps the
-        // function total without an unwrap.
-        let mac = match HmacSha256::new_from_slice(bytes) {
-            Ok(mac) => mac,
-            Err(_) => HmacSha256::new(&Default::default()),
-        };
-        Key {
+    /// HMAC accepts keys of any length, so this returns `None` only if that ever changes;
+    /// the caller then refuses the key rather than signing with some substitute.
+    fn build(bytes: &[u8]) -> Option<Key> {
+        let mac = HmacSha256::new_from_slice(bytes).ok()?;
+        Some(Key {
             bytes: bytes.to_vec(),
             mac,
-        }
+        })
     }
 
     /// Short hex of SHA-256 of the key: safe to log, and the same on every node that
@@ -143,11 +141,12 @@ impl Keyring {
             if text.is_empty() || text.starts_with('#') {
                 continue;
             }
+            let too_short = KeyError::LineTooShort {
+                line,
+                len: text.len(),
+            };
             if text.len() < MIN_KEY_LEN {
-                return Err(KeyError::LineTooShort {
-                    line,
-                    len: text.len(),
-                });
+                return Err(too_short);
             }
             if let Some((first, _)) = keys.iter().find(|(_, k)| k.bytes == text.as_bytes()) {
                 return Err(KeyError::Duplicate {
@@ -158,7 +157,7 @@ impl Keyring {
             if keys.len() == MAX_KEYS {
                 return Err(KeyError::TooMany { line });
             }
-            keys.push((line, Key::unchecked(text.as_bytes())));
+            keys.push((line, Key::build(text.as_bytes()).ok_or(too_short)?));
         }
         if keys.is_empty() {
             return Err(KeyError::Empty);
