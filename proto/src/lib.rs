@@ -9,6 +9,8 @@ pub mod message;
 pub mod rng;
 pub mod time;
 pub mod timing;
+pub mod wire;
 
 pub use message::{Body, Flags, Message, MessageKind, NodeId, Priority, Term};
 pub use time::Instant;
+pub use wire::{ClusterId, Codec, DecodeError, Key, KeyError, Keyring, Received};
