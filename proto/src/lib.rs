@@ -14,3 +14,6 @@ pub mod wire;
 pub use message::{Body, Flags, Message, MessageKind, NodeId, Priority, Term};
 pub use time::Instant;
 pub use wire::{ClusterId, Codec, DecodeError, Key, KeyError, Keyring, Received};
+
+#[cfg(feature = "sim")]
+pub mod sim;

@@ -73,7 +73,10 @@ impl Profile {
             margin: ms(10),
             drift_ppm: 10_000,
             vip_lifetime: Duration::from_secs(1),
-            fresh_ack: ms(50),
+            // Acks slower than this cannot renew the kernel lifetime; only the strict
+            // profile needs it short (its bound is zero), the others trade a little of
+            // their frozen-leader bound for tolerance of slow acks.
+            fresh_ack: ms(150),
             transfer_retry: ms(20),
         };
         match self {
@@ -83,11 +86,13 @@ impl Profile {
                 lease: ms(200),
                 election_min: ms(300),
                 election_max: ms(400),
+                fresh_ack: ms(100),
                 ..base
             },
             Profile::Strict => Timing {
                 election_min: ms(2200),
                 election_max: ms(2500),
+                fresh_ack: ms(50),
                 ..base
             },
         }
@@ -107,16 +112,23 @@ impl Timing {
         f64::from(self.drift_ppm) / 1e6
     }
 
-    /// E_min as the slowest clock could measure it, in real time.
+    /// The shortest real time a follower's promise (E_min on its clock) can last: its
+    /// clock may run fast by rho.
     pub fn election_min_real(&self) -> Duration {
         self.election_min.mul_f64(1.0 - self.drift())
     }
 
-    /// How long a frozen leader's kernel may still hold the VIP after the others may have
-    /// elected a new holder: fresh_ack + lifetime + kernel slack + d - E_min(1 - rho).
+    /// The longest real time `d` measured on a slow clock can take.
+    fn stretched(&self, d: Duration) -> Duration {
+        d.mul_f64(1.0 + self.drift())
+    }
+
+    /// How long a frozen (or killed, with the VIP on the interface) leader's kernel may
+    /// still hold the VIP after the others may have elected a new holder:
+    /// (fresh_ack + lifetime + kernel slack + d)(1 + rho) - E_min(1 - rho).
     /// Zero means strict fencing holds.
     pub fn freeze_overlap_bound(&self) -> Duration {
-        (self.fresh_ack + self.vip_lifetime + KERNEL_LIFETIME_SLACK + self.margin)
+        self.stretched(self.fresh_ack + self.vip_lifetime + KERNEL_LIFETIME_SLACK + self.margin)
             .saturating_sub(self.election_min_real())
     }
 
@@ -157,16 +169,17 @@ impl Timing {
                 ),
             );
         }
-        // The safety inequality: every acker's promise outlives the lease it backs.
-        if self.lease + self.margin >= self.election_min_real() {
+        // The safety inequality: every acker's promise outlives the lease it backs, with
+        // the leader's clock slow and the acker's fast.
+        if self.stretched(self.lease + self.margin) >= self.election_min_real() {
             bad(
                 "lease",
                 format!(
-                    "lease {} + margin {} must be shorter than election_timeout_min {} x (1 - drift {}%) = {}",
+                    "(lease {} + margin {}) x (1 + drift {}%) must be shorter than election_timeout_min {} x (1 - drift) = {}",
                     f(self.lease),
                     f(self.margin),
-                    f(self.election_min),
                     self.drift() * 100.0,
+                    f(self.election_min),
                     f(self.election_min_real())
                 ),
             );

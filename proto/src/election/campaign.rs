@@ -40,6 +40,7 @@ impl Node {
         let c = Campaign {
             term: self.term + 1,
             grants: BTreeSet::from([self.cfg.id]),
+            denials: BTreeSet::new(),
             resend_at: now + self.cfg.timing.heartbeat,
             deadline: now + t,
             transfer: None,
@@ -126,6 +127,7 @@ impl Node {
         self.role = Role::Candidate(Campaign {
             term: self.term,
             grants: BTreeSet::from([self.cfg.id]),
+            denials: BTreeSet::new(),
             resend_at: now + self.cfg.timing.heartbeat,
             deadline: now + t,
             transfer,
@@ -164,13 +166,28 @@ impl Node {
             }
             return;
         }
+        let q = self.cfg.quorum_size();
+        let n = self.cfg.members.len();
         let Role::Candidate(c) = &mut self.role else { return };
-        if term != c.term || !b.granted {
+        if term != c.term {
             return;
         }
-        c.grants.insert(from);
-        if c.grants.len() >= self.cfg.quorum_size() {
-            self.become_leader(now);
+        if b.granted {
+            c.denials.remove(&from);
+            c.grants.insert(from);
+            if c.grants.len() >= q {
+                self.become_leader(now);
+            }
+            return;
+        }
+        c.denials.insert(from);
+        if n - c.denials.len() < q {
+            // Lost for sure (a split vote, most likely): rather than wait out a whole
+            // election timeout, stand again after this node's rank offset, so the better
+            // ranked of the split candidates goes first.
+            self.role = Role::Follower;
+            let offset = self.slot_offset();
+            self.election_deadline = now + offset.max(self.cfg.timing.heartbeat);
         }
     }
 

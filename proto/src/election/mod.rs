@@ -165,6 +165,7 @@ struct Campaign {
     /// The proposed term (pre-vote) or the new term (vote).
     term: Term,
     grants: BTreeSet<NodeId>,
+    denials: BTreeSet<NodeId>,
     resend_at: Instant,
     deadline: Instant,
     transfer: Option<crate::message::Transfer>,
@@ -215,6 +216,8 @@ pub struct Node {
     promise: Option<Promise>,
     election_deadline: Instant,
     silent_until: Instant,
+    /// The term this process started in: bounds what a forgotten promise could be.
+    start_term: Term,
     healthy: bool,
     link_up: bool,
     vip: VipState,
@@ -239,7 +242,7 @@ impl Node {
     /// first health verdict; `seed` feeds the election jitter. Call [`Node::start`] next.
     pub fn new(cfg: NodeConfig, persisted: Persisted, healthy: bool, seed: u64, now: Instant) -> Node {
         let silent_until = now + cfg.timing.election_max;
-        Node {
+        let mut node = Node {
             rng: Rng::new(seed ^ u64::from(cfg.id).rotate_left(32)),
             term: persisted.term,
             voted_for: persisted.voted_for,
@@ -248,6 +251,7 @@ impl Node {
             promise: None,
             election_deadline: silent_until,
             silent_until,
+            start_term: persisted.term,
             healthy,
             link_up: true,
             // Unknown until the start-up release confirms (Rule 8).
@@ -264,7 +268,12 @@ impl Node {
             last_role: (RoleName::Follower, persisted.term, None),
             out: Vec::new(),
             cfg,
-        }
+        };
+        // After the silence, stand in rank order like any election: at a cold start of
+        // the whole cluster the best node goes first instead of everyone at once.
+        let offset = node.slot_offset();
+        node.election_deadline = silent_until + offset;
+        node
     }
 
     /// First actions after a start: remove any VIP a previous run left behind (Rule 8),
@@ -281,7 +290,11 @@ impl Node {
         self.poll(now);
         match event {
             Event::Message { from, msg } => self.on_message(now, from, msg),
-            Event::Timer => {}
+            Event::Timer => {
+                // The armed timer is used up, even when it woke a hair early (clock
+                // conversions round) and nothing was due yet: always arm the next one.
+                self.timer = None;
+            }
             Event::Health(h) => self.healthy = h,
             Event::Link(up) => self.on_link(now, up),
             Event::VipApplied { ok } => self.on_vip_applied(now, ok),
@@ -411,13 +424,18 @@ impl Node {
         t.election_min + self.slot_offset()
     }
 
+    /// Where in the election timeout range this node's slot starts, plus jitter that
+    /// stays clear of the next slot by twice the drift two clocks can accumulate over
+    /// E_max: adjacent ranks then never fire together, which would split the vote.
     fn slot_offset(&mut self) -> Duration {
         let t = &self.cfg.timing;
         let span = t.election_max.saturating_sub(t.election_min);
         let n = self.cfg.leaders_possible() as u32;
         let slot = span / n;
         let rank = (self.cfg.rank() as u32).min(n.saturating_sub(1));
-        let jitter = self.rng.below(u64::try_from(slot.as_nanos()).unwrap_or(0).max(1));
+        let guard = t.election_max.mul_f64(2.0 * f64::from(t.drift_ppm) / 1e6);
+        let room = slot.saturating_sub(guard).max(slot / 4);
+        let jitter = self.rng.below(u64::try_from(room.as_nanos()).unwrap_or(0).max(1));
         slot * rank + Duration::from_nanos(jitter)
     }
 

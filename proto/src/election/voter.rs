@@ -74,7 +74,7 @@ impl Node {
         if rules.members_only && !self.cfg.is_member(from) {
             return VoteReason::NotMember;
         }
-        if self.silent(now) {
+        if self.silent(now) && !self.transfer_vote_allowed_in_silence(transfer, pre) {
             return VoteReason::Silent;
         }
         let fresh_term = term > self.term
@@ -105,6 +105,16 @@ impl Node {
             return VoteReason::Releasing;
         }
         VoteReason::Granted
+    }
+
+    /// A node in its start-up silence may have forgotten a promise, but only one made in
+    /// a term up to the one it restarted with. A handover from the leader of such a term
+    /// or a later one is safe to vote for: a forgotten promise in that very term was to
+    /// that leader, which released the VIP, and the leases of earlier terms ended before
+    /// the later term was won. Without this, a handover right after several nodes
+    /// restarted stalls for a whole silence.
+    fn transfer_vote_allowed_in_silence(&self, transfer: Option<Transfer>, pre: bool) -> bool {
+        !pre && transfer.is_some_and(|t| t.term >= self.start_term)
     }
 
     pub(super) fn on_prevote_request(&mut self, now: Instant, from: NodeId, term: Term, _c: Candidacy) {
