@@ -47,15 +47,15 @@ pub fn format(d: Duration) -> String {
     let ns = d.as_nanos();
     if ns == 0 {
         "0".into()
-    } else if ns % 3_600_000_000_000 == 0 {
+    } else if ns.is_multiple_of(3_600_000_000_000) {
         format!("{}h", ns / 3_600_000_000_000)
-    } else if ns % 60_000_000_000 == 0 {
+    } else if ns.is_multiple_of(60_000_000_000) {
         format!("{}m", ns / 60_000_000_000)
-    } else if ns % 1_000_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000_000) {
         format!("{}s", ns / 1_000_000_000)
-    } else if ns % 1_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000) {
         format!("{}ms", ns / 1_000_000)
-    } else if ns % 1_000 == 0 {
+    } else if ns.is_multiple_of(1_000) {
         format!("{}us", ns / 1_000)
     } else {
         format!("{ns}ns")

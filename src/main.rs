@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use std::time::Duration;
+
 use apivip::config::{self, Sources};
+use apivip::{control, daemon};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -36,6 +39,38 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file and print the effective configuration.
     CheckConfig(ConfigArgs),
+    /// Show this node's role, term, VIP holder, peers and health.
+    Status(StatusArgs),
+    /// Move the VIP off this node (a failover drill) and report where it went and how long it took.
+    Drill(DrillArgs),
+}
+
+#[derive(Args)]
+struct SocketArg {
+    /// The daemon's control socket.
+    #[arg(long, env = "APIVIP_CONTROL_SOCKET", default_value_os_t = config::default_socket())]
+    socket: PathBuf,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DrillArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Hand the VIP to this node id (default: the best eligible follower).
+    #[arg(long)]
+    to: Option<u32>,
+    /// Print JSON instead of a sentence.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the config comes from: a file, then `APIVIP_*` env vars, then flags.
@@ -65,6 +100,10 @@ struct ConfigArgs {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Testing only: hold the VIP as a marker file in this directory instead of in the
+    /// kernel (lets tests run a cluster without root).
+    #[arg(long, hide = true)]
+    fake_vip_dir: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -87,21 +126,27 @@ impl ConfigArgs {
     }
 }
 
-fn init_logging(cli: &Cli) {
+fn init_logging(cli: &Cli) -> Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(&cli.log_level)
+        .map_err(|e| anyhow::anyhow!("--log-level / APIVIP_LOG_LEVEL {:?}: {e}", cli.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli);
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("apivip: {e:#}");
+        return ExitCode::from(2);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -109,6 +154,32 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
+    let cfg = &loaded.config;
+    let Some(_vip_cfg) = cfg.vip.as_ref() else {
+        anyhow::bail!("no vip configured: proxy-only mode is not available in this build");
+    };
+    let vip = match &args.fake_vip_dir {
+        Some(dir) => daemon::marker_vip(dir.clone(), cfg),
+        None => anyhow::bail!("the kernel VIP is not available in this build (use --fake-vip-dir)"),
+    };
+    let (_health_tx, health) = tokio::sync::watch::channel(true);
+    let setup = daemon::Setup {
+        sources: args.config.sources(),
+        vip,
+        health,
+    };
+    daemon::run(loaded, setup).await
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -126,17 +197,44 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => {
             let loaded = config::load(&args.config.sources())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(async move {
-                anyhow::bail!(
-                    "the daemon is not wired yet (config for node {} loaded)",
-                    loaded.config.node_id
-                )
-            })
+            let rt = runtime()?;
+            rt.block_on(run(loaded, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let resp = runtime()?.block_on(control::call(
+                &args.socket.socket,
+                &control::Request::Status,
+                Duration::from_secs(3),
+            ))?;
+            match resp {
+                control::Response::Status(s) if args.json => {
+                    println!("{}", serde_json::to_string_pretty(&s)?)
+                }
+                control::Response::Status(s) => print!("{}", control::render_status(&s)),
+                control::Response::Error { message } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill(args) => {
+            let resp = runtime()?.block_on(control::call(
+                &args.socket.socket,
+                &control::Request::Drill { to: args.to },
+                Duration::from_secs(10),
+            ))?;
+            match resp {
+                control::Response::Drilled(d) if args.json => {
+                    println!("{}", serde_json::to_string(&d)?)
+                }
+                control::Response::Drilled(d) => println!(
+                    "VIP moved from node {} to node {} in {:.1} ms",
+                    d.from, d.to, d.millis
+                ),
+                control::Response::Error { message } => anyhow::bail!("drill failed: {message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -239,7 +239,7 @@ impl Timing {
 /// Milliseconds with up to three decimals, for error texts.
 pub fn fmt_ms(d: Duration) -> String {
     let us = d.as_micros();
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else {
         format!("{:.3}ms", us as f64 / 1000.0)

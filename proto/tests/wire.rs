@@ -223,7 +223,10 @@ fn strip_comment(line: &str) -> &str {
 
 fn parse_hex(text: &str) -> Vec<u8> {
     let digits: String = text.split_whitespace().collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits: {digits}");
+    assert!(
+        digits.len().is_multiple_of(2),
+        "odd number of hex digits: {digits}"
+    );
     (0..digits.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex digit"))

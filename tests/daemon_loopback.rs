@@ -1,0 +1,129 @@
+//! Three real daemons on loopback (no root): election, status, drill, SIGTERM handover,
+//! a rejected reload and start-up errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BIN, Cluster};
+
+#[test]
+fn elect_drill_terminate_and_reload() {
+    let mut c = Cluster::new(3, "");
+    for id in 1..=3 {
+        c.start(id);
+    }
+    let (first, took) = c.wait_single_holder(None, Duration::from_secs(8));
+    println!("first holder node {first} after {took:?}");
+
+    let st = c.status_json(first);
+    assert_eq!(st["role"], "leader", "{st}");
+    assert_eq!(st["holder"], first, "{st}");
+    assert_eq!(st["vip"]["state"], "held", "{st}");
+    assert_eq!(st["peers"].as_array().map(|a| a.len()), Some(3), "{st}");
+    let table = c.cli(&["status", "--socket", &common::path_str(&c.socket(first))]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("role leader") && table.contains("PEER"),
+        "{table}"
+    );
+
+    // A follower refuses a drill and says who holds the VIP.
+    let follower = (1..=3).find(|i| *i != first).unwrap();
+    let out = c.cli(&["drill", "--socket", &common::path_str(&c.socket(follower))]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("node {first} does")) || err.contains("does not hold"),
+        "{err}"
+    );
+
+    // Drill: the VIP moves, the command says where and how long.
+    let out = c.cli(&[
+        "drill",
+        "--json",
+        "--socket",
+        &common::path_str(&c.socket(first)),
+    ]);
+    assert!(
+        out.status.success(),
+        "drill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let to = d["to"].as_u64().unwrap() as u32;
+    assert_ne!(to, first);
+    println!("drill moved the VIP {first} -> {to} in {} ms", d["millis"]);
+    assert!(d["millis"].as_f64().unwrap() < 1000.0, "{d}");
+    let (now, _) = c.wait_single_holder(Some(first), Duration::from_secs(2));
+    assert_eq!(now, to);
+
+    // A reload with a broken config is rejected and changes nothing.
+    let good = std::fs::read_to_string(c.config_path(to)).unwrap();
+    std::fs::write(
+        c.config_path(to),
+        good.replace("check = \"none\"", "check = \"tcp\"\nrise = 0"),
+    )
+    .unwrap();
+    c.signal(to, "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.holders(), vec![to]);
+    assert!(
+        c.log(to).contains("config reload rejected"),
+        "{}",
+        c.log(to)
+    );
+    assert!(c.log(to).contains("health.rise"), "{}", c.log(to));
+    std::fs::write(c.config_path(to), good).unwrap();
+
+    // SIGTERM: hand over, release, exit 0.
+    c.signal(to, "TERM");
+    let code = c.wait_exit(to, Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{}", c.log(to));
+    let (next, took) = c.wait_single_holder(Some(to), Duration::from_secs(2));
+    println!("after SIGTERM node {next} holds, {took:?} after the exit");
+    assert!(c.log(to).contains("VIP released"), "{}", c.log(to));
+}
+
+#[test]
+fn bad_key_file_is_named() {
+    let c = Cluster::new(1, "");
+    std::fs::write(c.dir.path().join("key"), "short\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(c.config_path(1))
+        .arg("--fake-vip-dir")
+        .arg(c.vip_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key_file") && err.contains(&common::path_str(&c.dir.path().join("key"))),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_log_level_is_named() {
+    let out = std::process::Command::new(BIN)
+        .args(["--log-level", "loud=[", "check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--log-level"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A lone member (bootstrap) holds the VIP by itself.
+#[test]
+fn single_node_bootstrap_holds() {
+    let mut c = Cluster::new(1, "");
+    c.start(1);
+    let (h, took) = c.wait_single_holder(None, Duration::from_secs(5));
+    assert_eq!(h, 1);
+    println!("single node holds after {took:?}");
+}
