@@ -48,6 +48,10 @@ pub enum Inbound {
 
 pub struct Transport {
     socket: UdpSocket,
+    /// The same socket for sends: tokio's `try_send_to` answers WouldBlock until its
+    /// reactor has seen the socket writable, which would drop the first heartbeats; a
+    /// plain non-blocking send only fails when the kernel buffer is really full.
+    sender: std::net::UdpSocket,
     codec: Codec,
     peers: BTreeMap<NodeId, SocketAddr>,
     out: Vec<u8>,
@@ -85,9 +89,11 @@ impl Transport {
         }
         s.set_nonblocking(true).map_err(err)?;
         s.bind(&local.into()).map_err(err)?;
+        let sender: std::net::UdpSocket = s.try_clone().map_err(err)?.into();
         let socket = UdpSocket::from_std(s.into()).map_err(err)?;
         Ok(Transport {
             socket,
+            sender,
             codec,
             peers,
             out: Vec::with_capacity(apivip_proto::wire::MAX_DATAGRAM),
@@ -122,7 +128,7 @@ impl Transport {
         };
         self.out.clear();
         self.codec.encode_into(to, msg, &mut self.out);
-        match self.socket.try_send_to(&self.out, addr) {
+        match self.sender.send_to(&self.out, addr) {
             Ok(_) => self.stats.sent += 1,
             Err(e) => {
                 self.stats.send_failed += 1;
@@ -219,7 +225,8 @@ mod tests {
             }),
         };
         a.send(2, &msg);
-        match b.recv().await.unwrap() {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), b.recv()).await;
+        match got.expect("the datagram arrives").unwrap() {
             Inbound::Message(r) => {
                 assert_eq!(r.from, 1);
                 assert_eq!(r.msg, msg);
@@ -235,7 +242,8 @@ mod tests {
         .unwrap();
         forger.peers.insert(2, b_addr);
         forger.send(2, &msg);
-        match b.recv().await.unwrap() {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), b.recv()).await;
+        match got.expect("the forged datagram arrives").unwrap() {
             Inbound::Rejected { error, .. } => assert_eq!(error.reason(), "bad_mac"),
             other => panic!("expected a rejection, got {other:?}"),
         }
@@ -243,7 +251,11 @@ mod tests {
         let raw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for len in [0usize, 1, 10, 77, 78, 200, 1500] {
             raw.send_to(&vec![0xA5; len], b_addr).unwrap();
-            assert!(matches!(b.recv().await.unwrap(), Inbound::Rejected { .. }));
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), b.recv()).await;
+            assert!(
+                matches!(got, Ok(Ok(Inbound::Rejected { .. }))),
+                "{len} bytes: {got:?}"
+            );
         }
         assert!(
             b.stats().rejected.values().sum::<u64>() >= 8,
