@@ -2,3 +2,5 @@
 
 pub mod config;
 pub mod duration;
+pub mod netns;
+pub mod vip;

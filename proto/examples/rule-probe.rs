@@ -6,7 +6,10 @@ use apivip_proto::sim::scenario::{Family, sweep};
 use apivip_proto::timing::Profile;
 
 fn main() {
-    let seeds: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let seeds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50);
     let all = [
         Family::Faults,
         Family::Freeze,
@@ -27,7 +30,9 @@ fn main() {
         ("lease_check", |r| r.lease_check = false),
         ("restart_silence", |r| r.restart_silence = false),
         ("release_before_vote", |r| r.release_before_vote = false),
-        ("no_resume_after_transfer", |r| r.no_resume_after_transfer = false),
+        ("no_resume_after_transfer", |r| {
+            r.no_resume_after_transfer = false
+        }),
         ("members_only", |r| r.members_only = false),
         ("prevote", |r| r.prevote = false),
         ("prevote_recheck", |r| r.prevote_recheck = false),
@@ -41,10 +46,19 @@ fn main() {
         f(&mut rules);
         let mut line = format!("{name:<26}");
         for fam in all {
-            let profile = if fam == Family::LateAcks { Profile::Strict } else { Profile::Default };
+            let profile = if fam == Family::LateAcks {
+                Profile::Strict
+            } else {
+                Profile::Default
+            };
             let sw = sweep(fam, 0..seeds, rules, profile);
             if !sw.failures.is_empty() {
-                line.push_str(&format!(" {}:{}/{}", fam.name(), sw.failures.len(), sw.runs));
+                line.push_str(&format!(
+                    " {}:{}/{}",
+                    fam.name(),
+                    sw.failures.len(),
+                    sw.runs
+                ));
             }
         }
         println!("{line}");
