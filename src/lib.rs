@@ -1,5 +1,6 @@
 //! The apivip daemon and its command-line interface.
 
+pub mod announce;
 pub mod config;
 pub mod duration;
 pub mod netns;
