@@ -238,7 +238,14 @@ impl Node {
 
     /// Starts `cmd` inside the namespace; the child is killed when the handle drops.
     pub fn spawn(&self, cmd: &mut Command) -> Result<NsChild> {
-        let mut c = self.command(cmd.get_program().to_str().unwrap_or_default());
+        let program = cmd
+            .get_program()
+            .to_str()
+            .ok_or_else(|| NetnsError::Other {
+                ns: self.ns.clone(),
+                detail: format!("program name {:?} is not UTF-8", cmd.get_program()),
+            })?;
+        let mut c = self.command(program);
         c.args(cmd.get_args());
         for (k, v) in cmd.get_envs() {
             match v {
@@ -290,12 +297,17 @@ impl Node {
         if percent == 0 {
             return self.nft_table_delete("apivip_loss");
         }
-        let n = percent.min(100);
+        // nft rejects `< 100` (the range is 0-99): total loss is a plain drop.
+        let cond = if percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
         self.nft_table(
             "apivip_loss",
             &format!(
-                "add rule inet apivip_loss in iifname \"{MEMBER_IFACE}\" numgen random mod 100 < {n} drop\n\
-                 add rule inet apivip_loss out oifname \"{MEMBER_IFACE}\" numgen random mod 100 < {n} drop\n"
+                "add rule inet apivip_loss in iifname \"{MEMBER_IFACE}\" {cond}drop\n\
+                 add rule inet apivip_loss out oifname \"{MEMBER_IFACE}\" {cond}drop\n"
             ),
         )
     }
