@@ -215,17 +215,24 @@ fn spawn_and_exec_run_inside_the_namespace() {
     cmd.arg("5");
     let child = n.spawn(&mut cmd).unwrap();
     let pid = child.id();
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", n.name()])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim() == pid.to_string()),
-        "sleep runs in {}",
-        n.name()
-    );
+    // `ip netns exec` enters the namespace just after fork: give it a moment.
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", n.name()])
+            .output()
+            .unwrap();
+        let pids = String::from_utf8_lossy(&out.stdout).into_owned();
+        if pids.lines().any(|l| l.trim() == pid.to_string()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "sleep ({pid}) not in {}: {pids}",
+            n.name()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     drop(child);
     assert!(
         !Path::new(&format!("/proc/{pid}/cmdline")).exists() || {

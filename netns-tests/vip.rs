@@ -326,6 +326,14 @@ fn device_vip_is_reachable_and_dies_with_its_holder() {
     let a = addr_info(n, VIP4.into()).unwrap();
     assert_eq!(a["dev"], "apivip0");
     assert_eq!(a["label"], "apivip0:vip");
+    let routes = n
+        .exec(&["ip", "route", "show", "table", "local", "192.0.2.100"])
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        routes.contains("local 192.0.2.100 dev apivip0"),
+        "kernel's local route: {routes}"
+    );
 
     // A listener on the node (any address), reached from the client on the VIP: ARP for
     // the VIP is answered on eth0 although the VIP is on the TUN device.
@@ -361,4 +369,124 @@ fn device_vip_is_reachable_and_dies_with_its_holder() {
     let gone = killed.elapsed().min(gone + Duration::from_millis(10));
     eprintln!("device and VIP gone {gone:?} after SIGKILL of the holder");
     assert!(gone < Duration::from_millis(200), "took {gone:?}");
+}
+
+#[test]
+fn auto_placement_follows_arp_ignore() {
+    if !require_root("auto_placement_follows_arp_ignore") {
+        return;
+    }
+    use apivip::config::Placement as Cfg;
+    let t = topo(1, 0, false);
+    let n = t.node(0);
+    let resolve = || {
+        n.run(|| apivip::vip::resolve_placement(Cfg::Auto, VIP4.into(), "eth0", "apivip0"))
+            .unwrap()
+    };
+    let (p, why) = resolve();
+    assert_eq!(
+        p,
+        Placement::Device {
+            name: "apivip0".into()
+        },
+        "{why}"
+    );
+    for (scope, value) in [("eth0", "2"), ("all", "1")] {
+        let key = format!("net.ipv4.conf.{scope}.arp_ignore={value}");
+        assert!(
+            n.exec(&["sysctl", "-q", "-w", &key])
+                .unwrap()
+                .status
+                .success()
+        );
+        let (p, why) = resolve();
+        assert_eq!(p, Placement::Interface, "{key}: {why}");
+        assert!(why.contains("arp_ignore is"), "{why}");
+        let reset = format!("net.ipv4.conf.{scope}.arp_ignore=0");
+        assert!(
+            n.exec(&["sysctl", "-q", "-w", &reset])
+                .unwrap()
+                .status
+                .success()
+        );
+    }
+}
+
+#[test]
+fn device_placement_install_refresh_remove_in_process() {
+    if !require_root("device_placement_install_refresh_remove_in_process") {
+        return;
+    }
+    let t = topo(1, 0, false);
+    let n = t.node(0);
+    let s = spec(
+        VIP4.into(),
+        32,
+        Placement::Device {
+            name: "apivip0".into(),
+        },
+        Some("apivip0:x"),
+    );
+    n.run(|| {
+        rt().block_on(async {
+            let vip = Vip::open(s.clone()).await.expect("open");
+            assert_eq!(vip.device(), "apivip0");
+            // A second holder of the same device in the same namespace is refused.
+            let err = Vip::open(s).await.unwrap_err();
+            assert!(err.to_string().contains("apivip0"), "{err}");
+            vip.install(Duration::from_secs(10)).await.expect("install");
+            vip.refresh(Duration::from_secs(20)).await.expect("refresh");
+            let a = addr_info(n, VIP4.into()).expect("VIP on the device");
+            assert_eq!(
+                (a["dev"].as_str(), a["label"].as_str()),
+                (Some("apivip0"), Some("apivip0:x"))
+            );
+            assert!(a["valid_life_time"].as_u64().unwrap() > 10);
+            vip.remove().await.expect("remove");
+            assert!(!vip.is_installed().await.unwrap());
+            drop(vip);
+        })
+    })
+    .unwrap();
+    let gone = !n
+        .exec(&["ip", "link", "show", "apivip0"])
+        .unwrap()
+        .status
+        .success();
+    assert!(gone, "device closes with the Vip");
+}
+
+#[test]
+fn open_rejects_bad_specs_naming_them() {
+    if !require_root("open_rejects_bad_specs_naming_them") {
+        return;
+    }
+    let t = topo(1, 0, true);
+    let cases = [
+        spec(VIP4.into(), 33, Placement::Interface, None),
+        spec(
+            VIP6.into(),
+            64,
+            Placement::Device {
+                name: "apivip0".into(),
+            },
+            None,
+        ),
+        spec(
+            VIP4.into(),
+            32,
+            Placement::Interface,
+            Some("a-label-far-too-long"),
+        ),
+        spec("224.0.0.1".parse().unwrap(), 32, Placement::Interface, None),
+    ];
+    for s in cases {
+        let shown = s.addr.to_string();
+        let err = t
+            .node(0)
+            .run(|| rt().block_on(Vip::open(s)))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains(&shown), "{err}");
+    }
 }

@@ -122,8 +122,16 @@ impl Topology {
         let names: Vec<String> = std::iter::once(self.switch.clone())
             .chain(self.members().map(|m| m.ns.clone()))
             .collect();
+        // The first `ip netns add` on a machine makes /run/netns a shared mount; two doing
+        // that at once can race, so a process's first one goes alone.
+        static FIRST_DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
         for ns in &names {
+            let done = FIRST_DONE.lock().unwrap_or_else(|p| p.into_inner());
+            let alone = (!*done).then_some(done);
             run(Command::new("ip").args(["netns", "add", ns]))?;
+            if let Some(mut done) = alone {
+                *done = true;
+            }
             self.created.push(ns.clone());
         }
         // Before any interface exists, so eth0 inherits them from `default`: DAD would
