@@ -162,6 +162,10 @@ pub fn resolve_placement(
 
 /// The VIP of one process: opens a netlink connection and, for device placement, the
 /// TUN device; installs, refreshes and removes the address.
+///
+/// Dropping a `Vip` does not delete an interface-placed address: a restarting holder
+/// should not cut connections, and the lifetime removes it if nobody refreshes it. A
+/// device-placed VIP goes with its device when the `Vip` (and so the fd) is dropped.
 pub struct Vip {
     spec: VipSpec,
     handle: Handle,
@@ -172,7 +176,7 @@ pub struct Vip {
     dev_name: String,
     label: Option<String>,
     /// Holding this open is what keeps the TUN device alive.
-    _tun: Option<OwnedFd>,
+    tun: Option<OwnedFd>,
     home: HomeNs,
 }
 
@@ -247,7 +251,7 @@ impl Vip {
             dev_index,
             dev_name,
             label,
-            _tun: tun,
+            tun,
             home,
         })
     }
@@ -264,7 +268,7 @@ impl Vip {
     /// Adds the VIP, or replaces it (resetting its lifetime) when it is there: calling it
     /// again is harmless. The kernel deletes the address when `lifetime` runs out.
     pub async fn install(&self, lifetime: Duration) -> Result<()> {
-        if self._tun.is_some() {
+        if self.tun.is_some() {
             self.handle
                 .link()
                 .set(LinkUnspec::new_with_index(self.dev_index).up().build())
@@ -462,6 +466,10 @@ impl Vip {
 }
 
 /// A running watch; yields [`VipEvent`]s until dropped.
+///
+/// If the kernel overruns the multicast socket (a burst of netlink traffic) or the
+/// connection fails, `next` returns None: open a new watch and check `is_installed`,
+/// since events may have been lost.
 pub struct VipWatch {
     rx: mpsc::UnboundedReceiver<VipEvent>,
     task: JoinHandle<()>,
