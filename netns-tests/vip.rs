@@ -391,24 +391,20 @@ fn auto_placement_follows_arp_ignore() {
         },
         "{why}"
     );
+    // Written from a thread inside the namespace: /proc/sys/net is per namespace.
+    let set = |scope: &str, value: &str| {
+        let path = format!("/proc/sys/net/ipv4/conf/{scope}/arp_ignore");
+        n.run(|| std::fs::write(&path, value))
+            .unwrap()
+            .expect("write arp_ignore");
+    };
     for (scope, value) in [("eth0", "2"), ("all", "1")] {
-        let key = format!("net.ipv4.conf.{scope}.arp_ignore={value}");
-        assert!(
-            n.exec(&["sysctl", "-q", "-w", &key])
-                .unwrap()
-                .status
-                .success()
-        );
+        set(scope, value);
         let (p, why) = resolve();
-        assert_eq!(p, Placement::Interface, "{key}: {why}");
+        assert_eq!(p, Placement::Interface, "{scope}={value}: {why}");
         assert!(why.contains("arp_ignore is"), "{why}");
-        let reset = format!("net.ipv4.conf.{scope}.arp_ignore=0");
-        assert!(
-            n.exec(&["sysctl", "-q", "-w", &reset])
-                .unwrap()
-                .status
-                .success()
-        );
+        set(scope, "0");
+        assert!(matches!(resolve().0, Placement::Device { .. }));
     }
 }
 
