@@ -1,8 +1,11 @@
 //! The apivip daemon and its command-line interface.
 
+pub mod announce;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod duration;
 pub mod heartbeat;
+pub mod netns;
 pub mod state;
+pub mod vip;
