@@ -2,4 +2,5 @@
 
 pub mod config;
 pub mod duration;
+pub mod manifest;
 pub mod metrics;

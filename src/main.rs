@@ -36,6 +36,52 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file and print the effective configuration.
     CheckConfig(ConfigArgs),
+    /// Print a deployment file: a kubelet static pod manifest or a systemd unit.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Print shell completions, e.g. `apivip completions bash > /etc/bash_completion.d/apivip`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `apivip man > /usr/local/share/man/man1/apivip.1`.
+    Man,
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// The static pod for /etc/kubernetes/manifests/apivip.yaml.
+    StaticPod(ManifestArgs),
+    /// The unit for /etc/systemd/system/apivip.service.
+    Systemd(ManifestArgs),
+}
+
+#[derive(Args)]
+struct ManifestArgs {
+    /// Container image (static pod only).
+    #[arg(long, default_value_t = apivip::manifest::default_image())]
+    image: String,
+    /// The config file path on the node.
+    #[arg(long, default_value = apivip::manifest::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The key file path on the node.
+    #[arg(long, default_value = apivip::manifest::DEFAULT_KEY)]
+    key: PathBuf,
+    /// Where the daemon serves /healthz and /readyz for the pod's probes.
+    #[arg(long, default_value = "127.0.0.1:9405")]
+    metrics_address: std::net::SocketAddr,
+    /// The binary the systemd unit starts.
+    #[arg(long, default_value = apivip::manifest::BINARY)]
+    binary: PathBuf,
+}
+
+impl ManifestArgs {
+    fn options(self) -> apivip::manifest::Options {
+        apivip::manifest::Options {
+            image: self.image,
+            config: self.config,
+            key: self.key,
+            metrics: self.metrics_address,
+            binary: self.binary,
+        }
+    }
 }
 
 /// Where the config comes from: a file, then `APIVIP_*` env vars, then flags.
@@ -123,6 +169,26 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Manifest(m) => {
+            let text = match m {
+                ManifestCommand::StaticPod(a) => apivip::manifest::static_pod(&a.options())?,
+                ManifestCommand::Systemd(a) => apivip::manifest::systemd_unit(&a.options())?,
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "apivip", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let loaded = config::load(&args.config.sources())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
