@@ -25,7 +25,7 @@ fi
 
 # A separate target dir: RUSTFLAGS differ from the normal build's, which would otherwise
 # be rebuilt from scratch on every switch.
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C strip=debuginfo" \
   cargo build --manifest-path "$root/Cargo.toml" --locked --profile "$profile" \
   --target "$target" --target-dir "$root/target/static" --bin apivip
 case "$profile" in dev) outdir=debug ;; *) outdir=$profile ;; esac

@@ -39,10 +39,34 @@ enum Command {
     /// Print a deployment file: a kubelet static pod manifest or a systemd unit.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Check this node's set-up: apiserver certificates name the VIP, key file, interface,
+    /// routes to peers, timers, capabilities. Exit status 1 when any check FAILs.
+    Doctor(DoctorArgs),
     /// Print shell completions, e.g. `apivip completions bash > /etc/bash_completion.d/apivip`.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), e.g. `apivip man > /usr/local/share/man/man1/apivip.1`.
     Man,
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// A DNS name clients use for the apiserver; every certificate must name it (repeatable).
+    #[arg(long = "name", value_name = "DNS")]
+    names: Vec<String>,
+    /// The forwarder's port on the VIP, checked besides 6443.
+    #[arg(long, default_value_t = apivip::doctor::FORWARDER_PORT)]
+    forwarder_port: u16,
+    /// Do not check the forwarder's port on the VIP.
+    #[arg(long)]
+    no_forwarder: bool,
+    /// Per-connection timeout, e.g. `3s`.
+    #[arg(long, default_value = "3s", value_parser = apivip::duration::parse)]
+    timeout: std::time::Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +200,28 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             print!("{text}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => {
+            let opts = apivip::doctor::Options {
+                names: args.names.clone(),
+                forwarder_port: (!args.no_forwarder).then_some(args.forwarder_port),
+                timeout: args.timeout,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(apivip::doctor::diagnose(&args.config.sources(), &opts));
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
