@@ -154,6 +154,14 @@ impl Metrics {
             "1 while the local apiserver passes its health check",
             apiserver_healthy.clone(),
         );
+        registry.register(
+            "build",
+            "The running apivip version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         let dynamic = Arc::new(Dynamic::default());
         registry.register_collector(Box::new(Arc::clone(&dynamic)));
 
@@ -360,6 +368,7 @@ pub struct Readiness {
     election_required: bool,
     election_running: AtomicBool,
     forwarder_listening: AtomicBool,
+    changed: tokio::sync::Notify,
 }
 
 impl Readiness {
@@ -369,6 +378,7 @@ impl Readiness {
             election_required: true,
             election_running: AtomicBool::new(false),
             forwarder_listening: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -378,15 +388,33 @@ impl Readiness {
             election_required: false,
             election_running: AtomicBool::new(false),
             forwarder_listening: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
     pub fn set_election_running(&self, running: bool) {
         self.election_running.store(running, Ordering::Release);
+        self.changed.notify_waiters();
     }
 
     pub fn set_forwarder_listening(&self, listening: bool) {
         self.forwarder_listening.store(listening, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Completes once ready, e.g. to send systemd READY=1 at the moment /readyz turns 200:
+    /// `readiness.ready().await; manifest::notify_ready()`.
+    pub async fn ready(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a flip between the two is not missed.
+            changed.as_mut().enable();
+            if self.check().is_ok() {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// `Ok` when ready, else what is missing, in words for the probe's body.
@@ -429,6 +457,19 @@ pub fn parse_address(value: &str) -> Result<Option<SocketAddr>, MetricsError> {
         .map_err(|_| MetricsError::BadAddress {
             value: value.to_owned(),
         })
+}
+
+/// Starts the endpoint `metrics.address` names, or nothing when it is empty.
+pub async fn serve_configured(
+    config: &crate::config::MetricsConfig,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<Server>, MetricsError> {
+    match parse_address(&config.address)? {
+        None => Ok(None),
+        Some(addr) => serve(addr, metrics, readiness, shutdown).await.map(Some),
+    }
 }
 
 /// A running metrics endpoint.
@@ -579,6 +620,23 @@ mod tests {
         let p = Readiness::proxy_only();
         p.set_forwarder_listening(true);
         assert!(p.check().is_ok());
+    }
+
+    #[tokio::test]
+    async fn ready_completes_when_both_flags_are_set() {
+        let r = Readiness::new();
+        let waiter = tokio::spawn({
+            let r = Arc::clone(&r);
+            async move { r.ready().await }
+        });
+        r.set_election_running(true);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        r.set_forwarder_listening(true);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

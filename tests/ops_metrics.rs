@@ -89,6 +89,13 @@ async fn scrape_parse_and_watch_values_change() {
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     let before = parse(&body);
     assert_eq!(before["apivip_term"], 0.0);
+    assert_eq!(
+        before[&format!(
+            "apivip_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )],
+        1.0
+    );
     assert_eq!(before["apivip_vip_held"], 0.0);
     assert_eq!(
         before["apivip_heartbeats_rejected_total{reason=\"bad_mac\"}"],
