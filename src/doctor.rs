@@ -638,7 +638,7 @@ pub fn check_peers(config: &Config) -> Vec<Check> {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => out.push(Check::new(
                 Status::Ok,
                 check,
-                "bound (the daemon is running)",
+                "in use: the daemon (or another process: see `ss -ulpn`) holds it",
             )),
             Err(e) => out.push(Check::new(Status::Warn, check, format!("cannot tell: {e}"))),
         }
@@ -714,6 +714,7 @@ pub fn check_timers(loaded: &Loaded) -> Vec<Check> {
 fn check_clock(drift_ppm: u32) -> Check {
     // SAFETY: a zeroed timex with modes 0 only reads the kernel's state.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: `tx` is a valid, exclusively borrowed timex for the call's duration.
     let state = unsafe { libc::adjtimex(&mut tx) };
     if state < 0 {
         return Check::new(
@@ -831,6 +832,16 @@ pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
             )),
         }
         r.checks.extend(check_peers(config));
+        if let Some(vip) = vip_of(config) {
+            r.checks.push(Check::new(
+                Status::Ok,
+                "vip here",
+                match interface_with(vip) {
+                    Some(i) => format!("{vip} is on {i}: this node holds the VIP"),
+                    None => format!("{vip} is not on this host: another node holds it, or none"),
+                },
+            ));
+        }
     }
     if config.health.check == CheckKind::None && config.vip.is_some() {
         r.checks.push(Check::new(
