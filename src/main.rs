@@ -45,7 +45,11 @@ enum Command {
     /// Print shell completions, e.g. `apivip completions bash > /etc/bash_completion.d/apivip`.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), e.g. `apivip man > /usr/local/share/man/man1/apivip.1`.
-    Man,
+    Man {
+        /// Write apivip.1 and one page per subcommand (apivip-doctor.1, ...) into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -228,11 +232,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "apivip", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
+        Command::Man { out_dir } => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .context("cannot write the man page")?;
+            match out_dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir)
+                    .with_context(|| format!("cannot write man pages into {}", dir.display()))?,
+                None => clap_mangen::Man::new(Cli::command())
+                    .render(&mut std::io::stdout())
+                    .context("cannot write the man page")?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {

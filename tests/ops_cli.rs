@@ -37,6 +37,25 @@ fn the_man_page_is_roff_naming_the_subcommands() {
 }
 
 #[test]
+fn man_pages_per_subcommand_go_into_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&["man", "--out-dir", dir.path().to_str().unwrap()]);
+    for page in [
+        "apivip.1",
+        "apivip-run.1",
+        "apivip-check-config.1",
+        "apivip-doctor.1",
+        "apivip-manifest-static-pod.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let doctor = std::fs::read_to_string(dir.path().join("apivip-doctor.1")).unwrap();
+    assert!(doctor.contains("\\-\\-json"), "{doctor}");
+}
+
+#[test]
 fn an_unknown_shell_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_apivip"))
         .args(["completions", "tcsh"])
