@@ -3,13 +3,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: demo test deps-demo deps-test lint unit bench-forwarder bench-failover
+.PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-failover
 
 demo: deps-demo
 	$(CARGO) build --bin apivip
 	$(SUDO) target/debug/apivip demo
 
-test: deps-test lint unit
+test: deps-test lint unit sim-report
 
 deps-demo:
 	scripts/install-deps.sh demo
@@ -23,6 +23,10 @@ lint:
 
 unit:
 	$(CARGO) test --workspace
+
+# The election simulator's figures: 5,400 random schedules, failover and handover times.
+sim-report:
+	$(CARGO) run -q --release -p apivip-proto --features sim --example sim-report -- 300
 
 bench-forwarder:
 	bench/forwarder

@@ -10,12 +10,23 @@ use apivip_proto::sim::{ms, percentile};
 use apivip_proto::timing::Profile;
 
 fn main() {
-    let seeds: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(300);
+    let seeds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(300);
     let only: Option<String> = std::env::args().nth(2);
     println!("apivip election simulator: {seeds} seeds per family and profile\n");
     println!(
         "{:<18} {:<8} {:>6} {:>10} {:>9} {:>12} {:>10} {:>10} {:>10}",
-        "family", "profile", "runs", "events", "overlaps", "max overlap", "heal p50", "heal p99", "heal max"
+        "family",
+        "profile",
+        "runs",
+        "events",
+        "overlaps",
+        "max overlap",
+        "heal p50",
+        "heal p99",
+        "heal max"
     );
     let mut total_runs = 0;
     let mut failures = Vec::new();
@@ -73,7 +84,10 @@ fn main() {
             ms(t.freeze_overlap_bound())
         );
     }
-    println!("\nschedules run: {total_runs}; failed checks: {}", failures.len());
+    println!(
+        "\nschedules run: {total_runs}; failed checks: {}",
+        failures.len()
+    );
     for f in failures.iter().take(20) {
         println!("  FAIL {f}");
     }

@@ -11,7 +11,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let family = args.next().unwrap_or_else(|| "faults".into());
     let seed: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let profile = args.next().and_then(|p| Profile::from_name(&p)).unwrap_or(Profile::Default);
+    let profile = args
+        .next()
+        .and_then(|p| Profile::from_name(&p))
+        .unwrap_or(Profile::Default);
     let end: Option<f64> = args.next().and_then(|s| s.parse().ok());
     let all = [
         Family::Faults,
@@ -30,9 +33,15 @@ fn main() {
     if family == "failover" {
         for seed in 0..seed {
             let r = apivip_proto::sim::scenario::failover_run(profile, 0.0, seed, false);
-            if r.failovers.iter().any(|f| *f > profile.timing().election_max * 3 / 2) {
+            if r.failovers
+                .iter()
+                .any(|f| *f > profile.timing().election_max * 3 / 2)
+            {
                 println!("seed {seed}: {:?}", r.failovers);
-                print!("{}", apivip_proto::sim::scenario::failover_run(profile, 0.0, seed, true).trace);
+                print!(
+                    "{}",
+                    apivip_proto::sim::scenario::failover_run(profile, 0.0, seed, true).trace
+                );
                 return;
             }
         }

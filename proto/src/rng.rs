@@ -17,7 +17,12 @@ fn splitmix(x: &mut u64) -> u64 {
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         let mut x = seed;
-        Rng([splitmix(&mut x), splitmix(&mut x), splitmix(&mut x), splitmix(&mut x)])
+        Rng([
+            splitmix(&mut x),
+            splitmix(&mut x),
+            splitmix(&mut x),
+            splitmix(&mut x),
+        ])
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -61,7 +66,10 @@ mod tests {
             assert_eq!(x, b.unit());
             buckets[(x * 10.0) as usize] += 1;
         }
-        assert!(buckets.iter().all(|&n| (9_000..11_000).contains(&n)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&n| (9_000..11_000).contains(&n)),
+            "{buckets:?}"
+        );
         assert_ne!(Rng::new(7).next_u64(), Rng::new(8).next_u64());
     }
 }

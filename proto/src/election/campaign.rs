@@ -55,8 +55,13 @@ impl Node {
     }
 
     fn ask_prevotes(&mut self, now: Instant, only_missing: Option<&BTreeSet<NodeId>>) {
-        let cand = Candidacy { priority: self.cfg.my_priority(), flags: self.my_flags(now) };
-        let Role::PreCandidate(c) = &self.role else { return };
+        let cand = Candidacy {
+            priority: self.cfg.my_priority(),
+            flags: self.my_flags(now),
+        };
+        let Role::PreCandidate(c) = &self.role else {
+            return;
+        };
         let proposed = c.term;
         let ids: Vec<NodeId> = self
             .cfg
@@ -69,7 +74,10 @@ impl Node {
             // A pre-vote names the term it would start, not ours.
             self.out.push(Action::Send {
                 to: id,
-                msg: Message { term: proposed, body: Body::PreVoteRequest(cand) },
+                msg: Message {
+                    term: proposed,
+                    body: Body::PreVoteRequest(cand),
+                },
             });
         }
     }
@@ -78,7 +86,9 @@ impl Node {
         if !self.is_member(from) {
             return;
         }
-        let Role::PreCandidate(c) = &mut self.role else { return };
+        let Role::PreCandidate(c) = &mut self.role else {
+            return;
+        };
         if term >= c.term {
             // The voter is already at (or past) the term we proposed: catch up, unless a
             // promise or lease says we must not move (Rule 5), and try again later.
@@ -101,7 +111,11 @@ impl Node {
     fn prevote_won(&mut self, now: Instant) {
         // Rule M2's re-check: a heartbeat accepted since the round began renewed our
         // promise to the leader; campaigning now would break it.
-        let blocked = if self.cfg.rules.prevote_recheck { !self.may_campaign(now) } else { !self.can_lead(now) };
+        let blocked = if self.cfg.rules.prevote_recheck {
+            !self.may_campaign(now)
+        } else {
+            !self.can_lead(now)
+        };
         if blocked {
             self.role = Role::Follower;
             let t = self.election_timeout();
@@ -140,8 +154,14 @@ impl Node {
     }
 
     fn ask_votes(&mut self, now: Instant, only_missing: Option<&BTreeSet<NodeId>>) {
-        let Role::Candidate(c) = &self.role else { return };
-        let req = VoteRequest { priority: self.cfg.my_priority(), flags: self.my_flags(now), transfer: c.transfer };
+        let Role::Candidate(c) = &self.role else {
+            return;
+        };
+        let req = VoteRequest {
+            priority: self.cfg.my_priority(),
+            flags: self.my_flags(now),
+            transfer: c.transfer,
+        };
         let ids: Vec<NodeId> = self
             .cfg
             .members
@@ -168,7 +188,9 @@ impl Node {
         }
         let q = self.cfg.quorum_size();
         let n = self.cfg.members.len();
-        let Role::Candidate(c) = &mut self.role else { return };
+        let Role::Candidate(c) = &mut self.role else {
+            return;
+        };
         if term != c.term {
             return;
         }

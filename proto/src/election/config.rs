@@ -174,7 +174,11 @@ impl NodeConfig {
     }
 
     pub fn leaders_possible(&self) -> usize {
-        self.members.iter().filter(|m| m.priority > 0).count().max(1)
+        self.members
+            .iter()
+            .filter(|m| m.priority > 0)
+            .count()
+            .max(1)
     }
 
     /// FNV-1a over the sorted ids: shown in `status` so operators see nodes whose member

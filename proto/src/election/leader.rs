@@ -58,7 +58,8 @@ impl LeaderState {
         if !cfg.rules.lease_check {
             return true;
         }
-        self.lease_until.is_some_and(|l| now + cfg.timing.margin < l)
+        self.lease_until
+            .is_some_and(|l| now + cfg.timing.margin < l)
     }
 
     /// The lease's ack round is recent enough to start a kernel lifetime from (Rule 6):
@@ -76,7 +77,10 @@ impl LeaderState {
         if self.transfer.is_none() {
             d.push(self.next_heartbeat);
             if cfg.rules.lease_check {
-                d.push(self.lease_until.unwrap_or(self.since).max(self.since) + cfg.timing.election_max);
+                d.push(
+                    self.lease_until.unwrap_or(self.since).max(self.since)
+                        + cfg.timing.election_max,
+                );
             }
         }
         if cfg.rules.lease_check
@@ -85,7 +89,11 @@ impl LeaderState {
         {
             d.push(l.saturating_sub(cfg.timing.margin));
         }
-        if let Some((_, since)) = self.preempt {
+        // check_handover acts on preemption only while running and not transferring: a
+        // deadline it would not act on would wake the node in a loop.
+        if let Some((_, since)) = self.preempt
+            && self.transfer.is_none()
+        {
             d.push(since + cfg.preempt_delay);
         }
         d
@@ -113,7 +121,9 @@ impl Node {
             priority: self.cfg.my_priority(),
             members_hash: self.cfg.members_hash(),
         };
-        let Role::Leader(l) = &mut self.role else { return };
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
         let seq = l.next_seq;
         l.next_seq += 1;
         if l.sent.len() == SENT_KEPT {
@@ -147,7 +157,9 @@ impl Node {
         if term < self.term || !ack.accepted {
             return;
         }
-        let Role::Leader(l) = &mut self.role else { return };
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
         let e = l.acked.entry(from).or_insert((0, now));
         if ack.seq >= e.0 {
             *e = (ack.seq, now);
@@ -161,7 +173,9 @@ impl Node {
         let q = self.cfg.quorum_size();
         let rules = self.cfg.rules;
         let lease = self.cfg.timing.lease;
-        let Role::Leader(l) = &mut self.role else { return };
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
         let latest = l.last_seq();
         if !rules.lease_check {
             l.lease_seq = latest;
@@ -207,13 +221,17 @@ impl Node {
     /// changes either ends here, so a release never waits for a timer.
     pub(super) fn update_vip(&mut self, now: Instant) {
         let want = match &self.role {
-            Role::Leader(l) => l.transfer.is_none() && self.link_up && l.lease_valid(now, &self.cfg),
+            Role::Leader(l) => {
+                l.transfer.is_none() && self.link_up && l.lease_valid(now, &self.cfg)
+            }
             _ => false,
         };
         let lifetime = self.cfg.timing.vip_lifetime;
         match (want, self.vip) {
             (true, VipState::Released) => {
-                let Role::Leader(l) = &mut self.role else { return };
+                let Role::Leader(l) = &mut self.role else {
+                    return;
+                };
                 if l.fresh(now, &self.cfg) {
                     l.refreshed_seq = l.lease_seq;
                     self.vip = VipState::Claiming;
@@ -221,7 +239,9 @@ impl Node {
                 }
             }
             (true, VipState::Held) => {
-                let Role::Leader(l) = &mut self.role else { return };
+                let Role::Leader(l) = &mut self.role else {
+                    return;
+                };
                 if l.lease_seq > l.refreshed_seq && l.fresh(now, &self.cfg) {
                     l.refreshed_seq = l.lease_seq;
                     self.out.push(Action::RefreshVip { lifetime });
@@ -243,14 +263,24 @@ impl Node {
 
     /// Releases the VIP, then (Rule 3) hands over to `target` with TimeoutNow, or to
     /// nobody with Resign.
-    pub(super) fn start_transfer(&mut self, now: Instant, target: Option<NodeId>, reason: TransferReason) {
-        let Role::Leader(l) = &mut self.role else { return };
+    pub(super) fn start_transfer(
+        &mut self,
+        now: Instant,
+        target: Option<NodeId>,
+        reason: TransferReason,
+    ) {
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
         if l.transfer.is_some() {
             return;
         }
         l.transfer = Some(reason);
         let last_seq = l.last_seq();
-        self.out.push(Action::Notice(Notice::TransferStarted { to: target, reason }));
+        self.out.push(Action::Notice(Notice::TransferStarted {
+            to: target,
+            reason,
+        }));
         self.after_release = match target {
             Some(to) => AfterRelease::TimeoutNow { to, last_seq },
             None => AfterRelease::Resign { last_seq },
@@ -277,16 +307,27 @@ impl Node {
     /// A follower that could take over right now: a member with priority > 0 that acked
     /// within the last three heartbeats and says it can lead.
     pub(super) fn eligible_follower(&self, now: Instant, id: NodeId) -> bool {
-        let Role::Leader(l) = &self.role else { return false };
+        let Role::Leader(l) = &self.role else {
+            return false;
+        };
         let recent = self.cfg.timing.heartbeat * 3;
         id != self.cfg.id
             && self.cfg.is_member(id)
             && self.cfg.priority_of(id).is_some_and(|p| p > 0)
-            && l.acked.get(&id).is_some_and(|(_, at)| now.saturating_since(*at) <= recent)
-            && self.peers.get(&id).is_some_and(|p| p.flags.has(Flags::CAN_LEAD))
+            && l.acked
+                .get(&id)
+                .is_some_and(|(_, at)| now.saturating_since(*at) <= recent)
+            && self
+                .peers
+                .get(&id)
+                .is_some_and(|p| p.flags.has(Flags::CAN_LEAD))
     }
 
-    pub(super) fn best_follower(&self, now: Instant, want: impl Fn(Priority) -> bool) -> Option<NodeId> {
+    pub(super) fn best_follower(
+        &self,
+        now: Instant,
+        want: impl Fn(Priority) -> bool,
+    ) -> Option<NodeId> {
         self.cfg
             .members
             .iter()
@@ -297,6 +338,9 @@ impl Node {
 
     fn check_handover(&mut self, now: Instant) {
         if !self.is_leader() || self.transferring() || self.shutdown != Shutdown::Running {
+            if let Role::Leader(l) = &mut self.role {
+                l.preempt = None;
+            }
             return;
         }
         if !self.healthy {
@@ -313,7 +357,9 @@ impl Node {
         let mine = self.cfg.my_priority();
         let better = self.best_follower(now, |p| p > mine);
         let delay = self.cfg.preempt_delay;
-        let Role::Leader(l) = &mut self.role else { return };
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
         match (better, l.preempt) {
             (None, _) => l.preempt = None,
             (Some(t), Some((id, since))) if id == t => {
@@ -329,7 +375,13 @@ impl Node {
     /// Two-node mode: two leaders hear each other (after a partition, or after both
     /// started alone). The better one (priority, then lower id) keeps the VIP and moves
     /// past the other's term so its heartbeats win; the other steps down.
-    pub(super) fn two_node_conflict(&mut self, now: Instant, from: NodeId, their_term: Term, their_priority: Priority) {
+    pub(super) fn two_node_conflict(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        their_term: Term,
+        their_priority: Priority,
+    ) {
         if !self.cfg.rules.two_node_tiebreak {
             if their_term > self.term {
                 self.adopt_term(their_term);

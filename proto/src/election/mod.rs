@@ -32,7 +32,10 @@ pub struct Persisted {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// An authenticated message from a peer.
-    Message { from: NodeId, msg: Message },
+    Message {
+        from: NodeId,
+        msg: Message,
+    },
     /// The deadline of the last [`Action::SetTimer`] passed (early or extra calls are fine).
     Timer,
     /// The local apiserver's health changed.
@@ -40,7 +43,9 @@ pub enum Event {
     /// The VIP's interface went down or up.
     Link(bool),
     /// A [`Action::ClaimVip`] or [`Action::RefreshVip`] finished.
-    VipApplied { ok: bool },
+    VipApplied {
+        ok: bool,
+    },
     /// A [`Action::ReleaseVip`] finished: the kernel no longer has the VIP.
     VipReleased,
     /// The VIP vanished from the kernel without us releasing it (deleted by someone else,
@@ -61,12 +66,19 @@ pub enum Admin {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    Send { to: NodeId, msg: Message },
+    Send {
+        to: NodeId,
+        msg: Message,
+    },
     Persist(Persisted),
     /// Add the VIP with this kernel lifetime.
-    ClaimVip { lifetime: Duration },
+    ClaimVip {
+        lifetime: Duration,
+    },
     /// Renew the VIP's kernel lifetime.
-    RefreshVip { lifetime: Duration },
+    RefreshVip {
+        lifetime: Duration,
+    },
     /// Remove the VIP; answer with [`Event::VipReleased`] once the kernel confirmed.
     ReleaseVip,
     /// Deliver [`Event::Timer`] at this instant (replaces any earlier timer).
@@ -77,14 +89,28 @@ pub enum Action {
 /// Things worth a log line, a metric or a `status` field; they change nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
-    Role { role: RoleName, term: Term, leader: Option<NodeId> },
+    Role {
+        role: RoleName,
+        term: Term,
+        leader: Option<NodeId>,
+    },
     /// A leader announced that it now holds the VIP.
-    Holder { id: NodeId, term: Term },
-    TransferStarted { to: Option<NodeId>, reason: TransferReason },
-    TransferRefused { reason: String },
+    Holder {
+        id: NodeId,
+        term: Term,
+    },
+    TransferStarted {
+        to: Option<NodeId>,
+        reason: TransferReason,
+    },
+    TransferRefused {
+        reason: String,
+    },
     ShutdownReady,
     /// A node outside the member list is sending to us (e.g. a removed node still runs).
-    NonMember { id: NodeId },
+    NonMember {
+        id: NodeId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +266,13 @@ pub struct Node {
 impl Node {
     /// A node that has just (re)started. `persisted` is what it last wrote; `healthy` the
     /// first health verdict; `seed` feeds the election jitter. Call [`Node::start`] next.
-    pub fn new(cfg: NodeConfig, persisted: Persisted, healthy: bool, seed: u64, now: Instant) -> Node {
+    pub fn new(
+        cfg: NodeConfig,
+        persisted: Persisted,
+        healthy: bool,
+        seed: u64,
+        now: Instant,
+    ) -> Node {
         let silent_until = now + cfg.timing.election_max;
         let mut node = Node {
             rng: Rng::new(seed ^ u64::from(cfg.id).rotate_left(32)),
@@ -343,7 +375,10 @@ impl Node {
     }
 
     pub fn persisted(&self) -> Persisted {
-        Persisted { term: self.term, voted_for: self.voted_for }
+        Persisted {
+            term: self.term,
+            voted_for: self.voted_for,
+        }
     }
 
     /// The next instant the node wants [`Event::Timer`].
@@ -379,7 +414,10 @@ impl Node {
         Flags::default()
             .with(Flags::HEALTHY, self.healthy)
             .with(Flags::CAN_LEAD, self.can_lead(now))
-            .with(Flags::HOLDS_VIP, self.vip == VipState::Held && self.is_leader())
+            .with(
+                Flags::HOLDS_VIP,
+                self.vip == VipState::Held && self.is_leader(),
+            )
     }
 
     fn is_leader(&self) -> bool {
@@ -387,12 +425,21 @@ impl Node {
     }
 
     fn send(&mut self, to: NodeId, body: Body) {
-        let msg = Message { term: self.term, body };
+        let msg = Message {
+            term: self.term,
+            body,
+        };
         self.out.push(Action::Send { to, msg });
     }
 
     fn broadcast(&mut self, body: Body) {
-        let ids: Vec<NodeId> = self.cfg.members.iter().map(|m| m.id).filter(|id| *id != self.cfg.id).collect();
+        let ids: Vec<NodeId> = self
+            .cfg
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| *id != self.cfg.id)
+            .collect();
         for id in ids {
             self.send(id, body.clone());
         }
@@ -435,13 +482,16 @@ impl Node {
         let rank = (self.cfg.rank() as u32).min(n.saturating_sub(1));
         let guard = t.election_max.mul_f64(2.0 * f64::from(t.drift_ppm) / 1e6);
         let room = slot.saturating_sub(guard).max(slot / 4);
-        let jitter = self.rng.below(u64::try_from(room.as_nanos()).unwrap_or(0).max(1));
+        let jitter = self
+            .rng
+            .below(u64::try_from(room.as_nanos()).unwrap_or(0).max(1));
         slot * rank + Duration::from_nanos(jitter)
     }
 
     fn note_peer(&mut self, now: Instant, from: NodeId, term: Term) {
         if !self.cfg.is_member(from) && self.non_members.insert(from) {
-            self.out.push(Action::Notice(Notice::NonMember { id: from }));
+            self.out
+                .push(Action::Notice(Notice::NonMember { id: from }));
         }
         let p = self.peers.entry(from).or_default();
         p.last_heard = Some(now);
@@ -459,7 +509,11 @@ impl Node {
         let now = (self.role(), self.term, self.leader);
         if now != self.last_role {
             self.last_role = now;
-            self.out.push(Action::Notice(Notice::Role { role: now.0, term: now.1, leader: now.2 }));
+            self.out.push(Action::Notice(Notice::Role {
+                role: now.0,
+                term: now.1,
+                leader: now.2,
+            }));
         }
     }
 
@@ -513,7 +567,16 @@ impl Node {
             AfterRelease::TimeoutNow { to, last_seq } => {
                 let body = Body::TimeoutNow(TimeoutNow { last_seq });
                 self.send(to, body.clone());
-                self.finish_handover(now, vec![(to, Message { term: self.term, body })]);
+                self.finish_handover(
+                    now,
+                    vec![(
+                        to,
+                        Message {
+                            term: self.term,
+                            body,
+                        },
+                    )],
+                );
             }
             AfterRelease::Resign { last_seq } => {
                 let body = Body::Resign(Resign { last_seq });
@@ -523,7 +586,15 @@ impl Node {
                     .members
                     .iter()
                     .filter(|m| m.id != self.cfg.id)
-                    .map(|m| (m.id, Message { term: self.term, body: body.clone() }))
+                    .map(|m| {
+                        (
+                            m.id,
+                            Message {
+                                term: self.term,
+                                body: body.clone(),
+                            },
+                        )
+                    })
                     .collect();
                 self.finish_handover(now, msgs);
             }
@@ -561,12 +632,14 @@ impl Node {
                         Some(l) => format!("this node is not the leader; node {l} is"),
                         None => "this node is not the leader, and no leader is known".into(),
                     };
-                    self.out.push(Action::Notice(Notice::TransferRefused { reason }));
+                    self.out
+                        .push(Action::Notice(Notice::TransferRefused { reason }));
                     return;
                 }
                 if self.transferring() {
-                    self.out
-                        .push(Action::Notice(Notice::TransferRefused { reason: "a handover is already in progress".into() }));
+                    self.out.push(Action::Notice(Notice::TransferRefused {
+                        reason: "a handover is already in progress".into(),
+                    }));
                     return;
                 }
                 let target = match to {
@@ -574,7 +647,8 @@ impl Node {
                         let reason = format!(
                             "node {t} cannot take over now (not a member, not heard recently, unhealthy, priority 0 or restarting)"
                         );
-                        self.out.push(Action::Notice(Notice::TransferRefused { reason }));
+                        self.out
+                            .push(Action::Notice(Notice::TransferRefused { reason }));
                         return;
                     }
                     Some(t) => Some(t),
@@ -583,7 +657,8 @@ impl Node {
                 match target {
                     Some(t) => self.start_transfer(now, Some(t), TransferReason::Admin),
                     None => self.out.push(Action::Notice(Notice::TransferRefused {
-                        reason: "no follower can take over now (none healthy and heard recently)".into(),
+                        reason: "no follower can take over now (none healthy and heard recently)"
+                            .into(),
                     })),
                 }
             }
@@ -635,7 +710,10 @@ impl Node {
             && now >= at
         {
             self.resume_at = None;
-            if matches!(self.role, Role::Follower) && self.leader.is_none() && self.shutdown == Shutdown::Running {
+            if matches!(self.role, Role::Follower)
+                && self.leader.is_none()
+                && self.shutdown == Shutdown::Running
+            {
                 self.become_leader(now);
             }
         }
@@ -705,10 +783,26 @@ impl Node {
                     id: m.id,
                     priority: m.priority,
                     is_self: me,
-                    last_heard: if me { Some(Duration::ZERO) } else { p.last_heard.map(|t| now.saturating_since(t)) },
-                    healthy: if me { Some(self.healthy) } else { p.last_heard.map(|_| p.flags.has(Flags::HEALTHY)) },
-                    can_lead: if me { Some(self.can_lead(now)) } else { p.last_heard.map(|_| p.flags.has(Flags::CAN_LEAD)) },
-                    same_members: if me { Some(true) } else { p.members_hash.map(|h| h == self.cfg.members_hash()) },
+                    last_heard: if me {
+                        Some(Duration::ZERO)
+                    } else {
+                        p.last_heard.map(|t| now.saturating_since(t))
+                    },
+                    healthy: if me {
+                        Some(self.healthy)
+                    } else {
+                        p.last_heard.map(|_| p.flags.has(Flags::HEALTHY))
+                    },
+                    can_lead: if me {
+                        Some(self.can_lead(now))
+                    } else {
+                        p.last_heard.map(|_| p.flags.has(Flags::CAN_LEAD))
+                    },
+                    same_members: if me {
+                        Some(true)
+                    } else {
+                        p.members_hash.map(|h| h == self.cfg.members_hash())
+                    },
                     term: if me { self.term } else { p.term },
                 }
             })
@@ -717,12 +811,23 @@ impl Node {
             id: self.cfg.id,
             term: self.term,
             role: self.role(),
-            leader: self.leader.or(if self.is_leader() { Some(self.cfg.id) } else { None }),
+            leader: self.leader.or(if self.is_leader() {
+                Some(self.cfg.id)
+            } else {
+                None
+            }),
             holder: self.holder.map(|(id, _)| id),
             vip: self.vip,
             lease_remaining: lease,
-            promise_remaining: self.promise.filter(|p| now < p.until).map(|p| p.until.saturating_since(now)),
-            silent_remaining: if self.silent(now) { Some(self.silent_until.saturating_since(now)) } else { None },
+            promise_remaining: self
+                .promise
+                .filter(|p| now < p.until)
+                .map(|p| p.until.saturating_since(now)),
+            silent_remaining: if self.silent(now) {
+                Some(self.silent_until.saturating_since(now))
+            } else {
+                None
+            },
             healthy: self.healthy,
             link_up: self.link_up,
             can_lead: self.can_lead(now),

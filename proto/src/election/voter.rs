@@ -42,7 +42,11 @@ impl Node {
         }
         // A pre-candidate stays one: the promise below makes its round fail the re-check
         // when the majority arrives (Rule M2).
-        self.promise = Some(Promise { leader: from, term, until: now + self.cfg.timing.election_min });
+        self.promise = Some(Promise {
+            leader: from,
+            term,
+            until: now + self.cfg.timing.election_min,
+        });
         let t = self.election_timeout();
         self.election_deadline = self.election_deadline.max(now + t);
         if hb.flags.has(Flags::HOLDS_VIP) {
@@ -69,7 +73,14 @@ impl Node {
     }
 
     /// Why this node would refuse `from` a (pre-)vote for `term`, or `Granted`.
-    fn vote_check(&self, now: Instant, from: NodeId, term: Term, transfer: Option<Transfer>, pre: bool) -> VoteReason {
+    fn vote_check(
+        &self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        transfer: Option<Transfer>,
+        pre: bool,
+    ) -> VoteReason {
         let rules = self.cfg.rules;
         if rules.members_only && !self.cfg.is_member(from) {
             return VoteReason::NotMember;
@@ -78,7 +89,10 @@ impl Node {
             return VoteReason::Silent;
         }
         let fresh_term = term > self.term
-            || (!pre && term == self.term && self.voted_for.is_none_or(|v| v == from) && !self.is_leader());
+            || (!pre
+                && term == self.term
+                && self.voted_for.is_none_or(|v| v == from)
+                && !self.is_leader());
         if !fresh_term {
             return if term == self.term && self.voted_for.is_some() {
                 VoteReason::AlreadyVoted
@@ -95,7 +109,8 @@ impl Node {
             if let Some(p) = self.promise
                 && now < p.until
             {
-                let released_by_transfer = transfer.is_some_and(|t| t.from == p.leader && t.term == p.term);
+                let released_by_transfer =
+                    transfer.is_some_and(|t| t.from == p.leader && t.term == p.term);
                 if !released_by_transfer {
                     return VoteReason::PromiseActive;
                 }
@@ -117,30 +132,59 @@ impl Node {
         !pre && transfer.is_some_and(|t| t.term >= self.start_term)
     }
 
-    pub(super) fn on_prevote_request(&mut self, now: Instant, from: NodeId, term: Term, _c: Candidacy) {
+    pub(super) fn on_prevote_request(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        _c: Candidacy,
+    ) {
         let reason = self.vote_check(now, from, term, None, true);
-        let ballot = Ballot { granted: reason == VoteReason::Granted, reason };
+        let ballot = Ballot {
+            granted: reason == VoteReason::Granted,
+            reason,
+        };
         self.send(from, Body::PreVote(ballot));
     }
 
-    pub(super) fn on_vote_request(&mut self, now: Instant, from: NodeId, term: Term, v: VoteRequest) {
+    pub(super) fn on_vote_request(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        v: VoteRequest,
+    ) {
         if term == self.term && self.voted_for == Some(from) {
             // A retransmitted request: the same answer again.
-            self.send(from, Body::Vote(Ballot { granted: true, reason: VoteReason::Granted }));
+            self.send(
+                from,
+                Body::Vote(Ballot {
+                    granted: true,
+                    reason: VoteReason::Granted,
+                }),
+            );
             return;
         }
         let reason = self.vote_check(now, from, term, v.transfer, false);
         if reason != VoteReason::Granted {
             // Refusing does not adopt the term (Rule 5): a node that cannot hear the
             // leader must not depose it through us.
-            self.send(from, Body::Vote(Ballot { granted: false, reason }));
+            self.send(
+                from,
+                Body::Vote(Ballot {
+                    granted: false,
+                    reason,
+                }),
+            );
             return;
         }
         if term > self.term {
             self.adopt_term(term);
         }
         if let Some(t) = v.transfer
-            && self.promise.is_some_and(|p| p.leader == t.from && p.term == t.term)
+            && self
+                .promise
+                .is_some_and(|p| p.leader == t.from && p.term == t.term)
         {
             self.promise = None;
         }
@@ -148,7 +192,13 @@ impl Node {
         self.persist();
         let t = self.election_timeout();
         self.election_deadline = now + t;
-        self.send(from, Body::Vote(Ballot { granted: true, reason: VoteReason::Granted }));
+        self.send(
+            from,
+            Body::Vote(Ballot {
+                granted: true,
+                reason: VoteReason::Granted,
+            }),
+        );
     }
 
     pub(super) fn on_timeout_now(&mut self, now: Instant, from: NodeId, term: Term, t: TimeoutNow) {
@@ -159,7 +209,14 @@ impl Node {
             && self.can_lead(now)
             && self.vip == VipState::Released;
         if obey {
-            self.become_candidate(now, Some(Transfer { from, term, last_seq: t.last_seq }));
+            self.become_candidate(
+                now,
+                Some(Transfer {
+                    from,
+                    term,
+                    last_seq: t.last_seq,
+                }),
+            );
         }
     }
 
@@ -169,7 +226,10 @@ impl Node {
         }
         // The leader released the VIP before saying so (Rule 3) and never leads in this
         // term again (Rule 4): the promise protects nothing any more.
-        if self.promise.is_some_and(|p| p.leader == from && p.term == term) {
+        if self
+            .promise
+            .is_some_and(|p| p.leader == from && p.term == term)
+        {
             self.promise = None;
         }
         self.leader = None;

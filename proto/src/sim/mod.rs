@@ -15,7 +15,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::Instant;
-use crate::election::{Action, Admin, Event, Member, Node, NodeConfig, Notice, Persisted, Quorum, Rules};
+use crate::election::{
+    Action, Admin, Event, Member, Node, NodeConfig, Notice, Persisted, Quorum, Rules,
+};
 use crate::message::{Message, NodeId, Priority};
 use crate::rng::Rng;
 use crate::timing::Timing;
@@ -66,7 +68,10 @@ pub struct NetlinkParams {
 
 impl Default for NetlinkParams {
     fn default() -> Self {
-        NetlinkParams { min: Duration::from_micros(500), max: Duration::from_millis(5) }
+        NetlinkParams {
+            min: Duration::from_micros(500),
+            max: Duration::from_millis(5),
+        }
     }
 }
 
@@ -107,7 +112,12 @@ impl SimConfig {
             seed,
             nodes: ids
                 .iter()
-                .map(|&id| NodeSpec { id, priority: 100, members: ids.clone(), start_at: Some(Duration::ZERO) })
+                .map(|&id| NodeSpec {
+                    id,
+                    priority: 100,
+                    members: ids.clone(),
+                    start_at: Some(Duration::ZERO),
+                })
                 .collect(),
             timing,
             quorum: Quorum::Majority,
@@ -167,11 +177,29 @@ pub enum Script {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { to: NodeId, from: NodeId, msg: Message },
-    Timer { node: NodeId, inc: u64, generation: u64 },
-    NetlinkDone { node: NodeId, inc: u64, op: VipOp },
-    KernelExpire { node: NodeId, generation: u64 },
-    Unfreeze { node: NodeId, inc: u64 },
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        msg: Message,
+    },
+    Timer {
+        node: NodeId,
+        inc: u64,
+        generation: u64,
+    },
+    NetlinkDone {
+        node: NodeId,
+        inc: u64,
+        op: VipOp,
+    },
+    KernelExpire {
+        node: NodeId,
+        generation: u64,
+    },
+    Unfreeze {
+        node: NodeId,
+        inc: u64,
+    },
     Script(Script),
 }
 
@@ -273,6 +301,8 @@ pub struct Report {
     pub first_gap_at: Option<Duration>,
     pub first_overlap_at: Option<Duration>,
     pub events: u64,
+    /// The instant at which the run spun without time advancing, if it did.
+    pub livelock_at: Option<Duration>,
     pub trace: String,
 }
 
@@ -298,6 +328,7 @@ pub struct Sim {
 }
 
 const TRACE_LINES: usize = 400;
+const LIVELOCK_EVENTS: u32 = 100_000;
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
@@ -349,8 +380,12 @@ impl Sim {
             trace: VecDeque::new(),
             cfg,
         };
-        let starts: Vec<(NodeId, Duration)> =
-            sim.cfg.nodes.iter().filter_map(|s| s.start_at.map(|t| (s.id, t))).collect();
+        let starts: Vec<(NodeId, Duration)> = sim
+            .cfg
+            .nodes
+            .iter()
+            .filter_map(|s| s.start_at.map(|t| (s.id, t)))
+            .collect();
         for (id, at) in starts {
             sim.script(at, Script::Start(Target::Node(id)));
         }
@@ -363,7 +398,11 @@ impl Sim {
 
     fn push(&mut self, at: Instant, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse(Queued { at, seq: self.seq, ev }));
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     pub fn now(&self) -> Duration {
@@ -381,11 +420,30 @@ impl Sim {
 
     pub fn run_until(&mut self, end: Duration) {
         let end = Instant::from_duration(end);
+        let mut same_instant = 0u32;
         while let Some(Reverse(q)) = self.queue.peek() {
             if q.at > end {
                 break;
             }
-            let Some(Reverse(q)) = self.queue.pop() else { break };
+            let Some(Reverse(q)) = self.queue.pop() else {
+                break;
+            };
+            // A node that answers a timer by re-arming it for the same instant would spin
+            // the daemon's event loop: report it instead of hanging the test.
+            same_instant = if q.at == self.now {
+                same_instant + 1
+            } else {
+                0
+            };
+            if same_instant > LIVELOCK_EVENTS {
+                self.report.livelock_at = Some(q.at.as_duration());
+                self.log(|| format!("livelock: more than {LIVELOCK_EVENTS} events at one instant"));
+                break;
+            }
+            if same_instant > LIVELOCK_EVENTS - 5 {
+                let ev = format!("{:?}", q.ev);
+                self.log(|| format!("spinning on {ev}"));
+            }
             self.now = q.at;
             self.report.events += 1;
             self.step(q.ev);
@@ -436,8 +494,14 @@ impl Sim {
                 self.log(|| format!("{from}->{to} t{} {:?}", msg.term, msg.body));
                 self.deliver(to, Event::Message { from, msg });
             }
-            Ev::Timer { node, inc, generation } => {
-                let Some(n) = self.nodes.get_mut(&node) else { return };
+            Ev::Timer {
+                node,
+                inc,
+                generation,
+            } => {
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return;
+                };
                 if n.inc != inc || n.timer_gen != generation || !n.alive() {
                     return;
                 }
@@ -449,7 +513,9 @@ impl Sim {
             }
             Ev::NetlinkDone { node, inc, op } => self.netlink_done(node, inc, op),
             Ev::KernelExpire { node, generation } => {
-                let Some(n) = self.nodes.get_mut(&node) else { return };
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return;
+                };
                 if n.kernel.generation == generation && n.kernel.held {
                     n.kernel.held = false;
                     self.log(|| format!("n{node} kernel lifetime expired"));
@@ -464,7 +530,9 @@ impl Sim {
 
     /// Hands an event to a node's process (queued if it is frozen).
     fn deliver(&mut self, id: NodeId, ev: Event) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if !n.alive() {
             return;
         }
@@ -491,13 +559,19 @@ impl Sim {
                 Action::RefreshVip { lifetime } => self.queue_op(id, VipOp::Refresh(lifetime)),
                 Action::ReleaseVip => self.queue_op(id, VipOp::Release),
                 Action::SetTimer(local) => {
-                    let Some(n) = self.nodes.get_mut(&id) else { continue };
+                    let Some(n) = self.nodes.get_mut(&id) else {
+                        continue;
+                    };
                     n.timer_gen += 1;
                     let mut at = n.real(local).max(self.now);
                     while n.local(at) < local {
                         at += Duration::from_nanos(1);
                     }
-                    let ev = Ev::Timer { node: id, inc: n.inc, generation: n.timer_gen };
+                    let ev = Ev::Timer {
+                        node: id,
+                        inc: n.inc,
+                        generation: n.timer_gen,
+                    };
                     self.push(at, ev);
                 }
                 Action::Notice(notice) => self.notice(id, notice),
@@ -506,7 +580,11 @@ impl Sim {
     }
 
     fn notice(&mut self, id: NodeId, notice: Notice) {
-        if let Notice::Role { role: crate::election::RoleName::Leader, .. } = notice {
+        if let Notice::Role {
+            role: crate::election::RoleName::Leader,
+            ..
+        } = notice
+        {
             self.last_leader = Some(id);
         }
         self.log(|| format!("n{id} {notice:?}"));
@@ -521,32 +599,54 @@ impl Sim {
             self.log(|| format!("{from}->{to} LOST {:?}", msg.body.kind()));
             return;
         }
-        let copies = if self.rng.chance(self.net.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.chance(self.net.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut delay = self.net.base_delay
                 + self.rand_dur(self.net.jitter)
-                + self.extra_delay.get(&(from, to)).copied().unwrap_or_default();
+                + self
+                    .extra_delay
+                    .get(&(from, to))
+                    .copied()
+                    .unwrap_or_default();
             if self.rng.chance(self.net.long_delay) {
                 delay += self.rand_dur(self.net.long_delay_max);
             }
-            self.push(self.now + delay, Ev::Deliver { to, from, msg: msg.clone() });
+            self.push(
+                self.now + delay,
+                Ev::Deliver {
+                    to,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
         }
     }
 
     fn rand_dur(&mut self, max: Duration) -> Duration {
-        Duration::from_nanos(self.rng.below(u64::try_from(max.as_nanos()).unwrap_or(0).max(1)))
+        Duration::from_nanos(
+            self.rng
+                .below(u64::try_from(max.as_nanos()).unwrap_or(0).max(1)),
+        )
     }
 
     // ===== the kernel =====
 
     fn queue_op(&mut self, id: NodeId, op: VipOp) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         n.ops.push_back(op);
         self.next_op(id);
     }
 
     fn next_op(&mut self, id: NodeId) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if n.op_busy || n.frozen || !n.alive() {
             return;
         }
@@ -562,7 +662,9 @@ impl Sim {
         let device = self.cfg.device_placement;
         let slack = crate::timing::KERNEL_LIFETIME_SLACK;
         let slack = self.rand_dur(slack);
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         let current = n.inc == inc && n.alive();
         // A request already in the kernel completes even if its process died, unless the
         // device it targets died with the process.
@@ -576,7 +678,13 @@ impl Sim {
                 let g = n.kernel.generation;
                 // The kernel counts the lifetime on this node's clock.
                 let life = Duration::from_secs_f64(lifetime.as_secs_f64() / n.rate) + slack;
-                self.push(self.now + life, Ev::KernelExpire { node: id, generation: g });
+                self.push(
+                    self.now + life,
+                    Ev::KernelExpire {
+                        node: id,
+                        generation: g,
+                    },
+                );
             }
             VipOp::Release => {
                 n.kernel.held = false;
@@ -585,7 +693,9 @@ impl Sim {
         }
         self.log(|| format!("n{id} kernel {op:?} done"));
         self.account();
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if !current {
             return;
         }
@@ -600,7 +710,12 @@ impl Sim {
 
     /// Updates overlap and gap accounting after any change to a kernel.
     fn account(&mut self) {
-        let held: BTreeSet<NodeId> = self.nodes.iter().filter(|(_, n)| n.kernel.held).map(|(id, _)| *id).collect();
+        let held: BTreeSet<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.kernel.held)
+            .map(|(id, _)| *id)
+            .collect();
         if held == self.holders {
             return;
         }
@@ -629,7 +744,9 @@ impl Sim {
         match (held.len() >= 2, self.overlap_since) {
             (true, None) => {
                 self.overlap_since = Some(now);
-                self.report.first_overlap_at.get_or_insert(now.as_duration());
+                self.report
+                    .first_overlap_at
+                    .get_or_insert(now.as_duration());
             }
             (false, Some(s)) => {
                 self.overlap_since = None;
@@ -637,7 +754,10 @@ impl Sim {
             }
             _ => {}
         }
-        match (held.is_empty() && self.report.first_hold.is_some(), self.gap_since) {
+        match (
+            held.is_empty() && self.report.first_hold.is_some(),
+            self.gap_since,
+        ) {
             (true, None) => {
                 self.gap_since = Some(now);
                 self.report.first_gap_at.get_or_insert(now.as_duration());
@@ -709,7 +829,10 @@ impl Sim {
             Script::Restart(t, down) => {
                 if let Some(id) = self.resolve(t) {
                     self.crash(id);
-                    self.script(self.now.as_duration() + down, Script::Start(Target::Node(id)));
+                    self.script(
+                        self.now.as_duration() + down,
+                        Script::Start(Target::Node(id)),
+                    );
                 }
             }
             Script::Freeze(t, d) => {
@@ -736,7 +859,8 @@ impl Sim {
             }
             Script::Isolate(t) => {
                 if let Some(id) = self.resolve(t) {
-                    let others: Vec<NodeId> = self.nodes.keys().copied().filter(|o| *o != id).collect();
+                    let others: Vec<NodeId> =
+                        self.nodes.keys().copied().filter(|o| *o != id).collect();
                     self.run_script(Script::Partition(vec![id], others));
                 }
             }
@@ -754,7 +878,8 @@ impl Sim {
             }
             Script::DelayTo(t, d) => {
                 if let Some(id) = self.resolve(t) {
-                    let others: Vec<NodeId> = self.nodes.keys().copied().filter(|o| *o != id).collect();
+                    let others: Vec<NodeId> =
+                        self.nodes.keys().copied().filter(|o| *o != id).collect();
                     for o in others {
                         self.run_script(Script::Delay(o, id, d));
                     }
@@ -762,7 +887,8 @@ impl Sim {
             }
             Script::DelayFrom(t, d) => {
                 if let Some(id) = self.resolve(t) {
-                    let others: Vec<NodeId> = self.nodes.keys().copied().filter(|o| *o != id).collect();
+                    let others: Vec<NodeId> =
+                        self.nodes.keys().copied().filter(|o| *o != id).collect();
                     for o in others {
                         self.run_script(Script::Delay(id, o, d));
                     }
@@ -821,7 +947,9 @@ impl Sim {
     fn start(&mut self, id: NodeId) {
         let seed = self.rng.next_u64();
         let rules = self.cfg.rules;
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if n.alive() {
             return;
         }
@@ -831,7 +959,11 @@ impl Sim {
         n.ops.clear();
         n.op_busy = false;
         n.timer_fired_while_frozen = false;
-        let persisted = if rules.persist { n.persisted } else { Persisted::default() };
+        let persisted = if rules.persist {
+            n.persisted
+        } else {
+            Persisted::default()
+        };
         let local = n.local(self.now);
         let mut node = Node::new(n.cfg.clone(), persisted, n.healthy, seed, local);
         let mut actions = node.start(local);
@@ -845,7 +977,9 @@ impl Sim {
     fn crash(&mut self, id: NodeId) {
         let device = self.cfg.device_placement;
         let holder = self.holders.contains(&id);
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if !n.alive() {
             return;
         }
@@ -865,7 +999,9 @@ impl Sim {
     }
 
     fn thaw(&mut self, id: NodeId, inc: u64) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if n.inc != inc || !n.frozen {
             return;
         }
@@ -882,10 +1018,21 @@ impl Sim {
 }
 
 fn node_config(sim: &SimConfig, spec: &NodeSpec, members: &[NodeId]) -> NodeConfig {
-    let prio = |id: NodeId| sim.nodes.iter().find(|s| s.id == id).map_or(100, |s| s.priority);
+    let prio = |id: NodeId| {
+        sim.nodes
+            .iter()
+            .find(|s| s.id == id)
+            .map_or(100, |s| s.priority)
+    };
     NodeConfig {
         id: spec.id,
-        members: members.iter().map(|&id| Member { id, priority: prio(id) }).collect(),
+        members: members
+            .iter()
+            .map(|&id| Member {
+                id,
+                priority: prio(id),
+            })
+            .collect(),
         timing: sim.timing.clone(),
         quorum: sim.quorum,
         preempt: sim.preempt,

@@ -69,8 +69,14 @@ impl Family {
         Family::ForgetfulVoter,
     ];
 
-    pub const BROAD: [Family; 6] =
-        [Family::Faults, Family::Freeze, Family::Handover, Family::Bootstrap, Family::Replace, Family::TwoNode];
+    pub const BROAD: [Family; 6] = [
+        Family::Faults,
+        Family::Freeze,
+        Family::Handover,
+        Family::Bootstrap,
+        Family::Replace,
+        Family::TwoNode,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -137,8 +143,15 @@ impl Scenario {
     /// Every property the scenario promises, as one error text if any fails.
     pub fn check(&self, r: &Report) -> Result<(), String> {
         let mut errs = Vec::new();
+        if let Some(at) = r.livelock_at {
+            errs.push(format!("livelock at {}: time stopped advancing", ms(at)));
+        }
         // A bounded fault (a frozen leader) may overlap, each incident within the bound.
-        let over = if self.overlap_allowed.is_zero() { r.overlap } else { r.max_overlap };
+        let over = if self.overlap_allowed.is_zero() {
+            r.overlap
+        } else {
+            r.max_overlap
+        };
         if over > self.overlap_allowed {
             errs.push(format!(
                 "two holders for {} in {} incidents (longest {}, allowed per incident {})",
@@ -161,16 +174,27 @@ impl Scenario {
             // After settling, the only gaps allowed are handovers (preemption of a better
             // node that came back): release, then claim, a few milliseconds.
             if r.max_gap_after_heal > HANDOVER_GAP {
-                errs.push(format!("VIP missing for {} at once after it settled", ms(r.max_gap_after_heal)));
+                errs.push(format!(
+                    "VIP missing for {} at once after it settled",
+                    ms(r.max_gap_after_heal)
+                ));
             }
         }
         if self.no_gap && r.gap_total > Duration::ZERO {
-            errs.push(format!("VIP missing for {} after the first hold", ms(r.gap_total)));
+            errs.push(format!(
+                "VIP missing for {} after the first hold",
+                ms(r.gap_total)
+            ));
         }
         if errs.is_empty() {
             Ok(())
         } else {
-            Err(format!("{} seed {}: {}", self.family.name(), self.seed, errs.join("; ")))
+            Err(format!(
+                "{} seed {}: {}",
+                self.family.name(),
+                self.seed,
+                errs.join("; ")
+            ))
         }
     }
 
@@ -263,7 +287,10 @@ fn faults(rng: &mut Rng, timing: Timing) -> Scenario {
                 sc.at(s(t), Script::Health(target, false));
                 sc.at(s(t + dur), Script::Health(target, true));
             }
-            7 => sc.at(s(t), Script::Admin(Target::Holder, Admin::Transfer { to: None })),
+            7 => sc.at(
+                s(t),
+                Script::Admin(Target::Holder, Admin::Transfer { to: None }),
+            ),
             8 => sc.at(s(t), Script::DelayFrom(target, between(rng, 0.0, 1.5))),
             9 => sc.at(s(t), Script::SetNet(net(rng))),
             _ => sc.at(s(t), Script::Heal),
@@ -284,7 +311,14 @@ fn freeze(rng: &mut Rng, timing: Timing) -> Scenario {
     cfg.device_placement = false;
     let end = 25.0;
     let mut sc = Scenario::new(cfg, s(end + 10.0));
-    sc.at(s(0.0), Script::SetNet(if rng.chance(0.5) { NetParams::lan() } else { NetParams::hostile(0.05) }));
+    sc.at(
+        s(0.0),
+        Script::SetNet(if rng.chance(0.5) {
+            NetParams::lan()
+        } else {
+            NetParams::hostile(0.05)
+        }),
+    );
     let mut t = 2.5;
     loop {
         let d = between(rng, 0.1, 4.0).as_secs_f64();
@@ -306,7 +340,8 @@ fn freeze(rng: &mut Rng, timing: Timing) -> Scenario {
     }
     sc.heal_all(s(end), &[1, 2, 3]);
     sc.overlap_allowed = timing.freeze_overlap_bound();
-    sc.heal_bound = Some(heal_bound(&timing) + timing.vip_lifetime + crate::timing::KERNEL_LIFETIME_SLACK);
+    sc.heal_bound =
+        Some(heal_bound(&timing) + timing.vip_lifetime + crate::timing::KERNEL_LIFETIME_SLACK);
     sc
 }
 
@@ -325,7 +360,11 @@ fn handover(rng: &mut Rng, timing: Timing) -> Scenario {
     while t < end - 1.0 {
         match rng.below(6) {
             0 | 1 => {
-                let to = if rng.chance(0.5) { None } else { Some(1 + rng.below(u64::from(n)) as NodeId) };
+                let to = if rng.chance(0.5) {
+                    None
+                } else {
+                    Some(1 + rng.below(u64::from(n)) as NodeId)
+                };
                 sc.at(s(t), Script::Admin(Target::Holder, Admin::Transfer { to }));
             }
             2 => {
@@ -338,8 +377,14 @@ fn handover(rng: &mut Rng, timing: Timing) -> Scenario {
                 sc.at(s(t), Script::Health(Target::Holder, false));
                 sc.at(s(t) + d, Script::Heal);
             }
-            4 => sc.at(s(t), Script::Restart(random_target(rng, n), between(rng, 0.01, 2.0))),
-            _ => sc.at(s(t), Script::DelayFrom(Target::Holder, between(rng, 0.0, 2.0))),
+            4 => sc.at(
+                s(t),
+                Script::Restart(random_target(rng, n), between(rng, 0.01, 2.0)),
+            ),
+            _ => sc.at(
+                s(t),
+                Script::DelayFrom(Target::Holder, between(rng, 0.0, 2.0)),
+            ),
         }
         t += between(rng, 0.2, 3.0).as_secs_f64();
     }
@@ -394,7 +439,10 @@ fn replace(rng: &mut Rng, timing: Timing) -> Scenario {
     let mut sc = Scenario::new(cfg, s(60.0));
     // Move leadership off node 3 first, as the guide says; a forgetful operator skips it.
     if rng.chance(0.7) {
-        sc.at(t, Script::Admin(Target::Node(3), Admin::Transfer { to: None }));
+        sc.at(
+            t,
+            Script::Admin(Target::Node(3), Admin::Transfer { to: None }),
+        );
         t += between(rng, 0.5, 2.0);
     }
     if !old_keeps_running {
@@ -439,7 +487,10 @@ fn two_node(rng: &mut Rng, timing: Timing) -> Scenario {
     while t < 25.0 {
         let d = between(rng, 0.2, 4.0);
         sc.at(s(t), Script::Heal);
-        sc.at(s(t) + between(rng, 0.5, 3.0), Script::Partition(vec![1], vec![2]));
+        sc.at(
+            s(t) + between(rng, 0.5, 3.0),
+            Script::Partition(vec![1], vec![2]),
+        );
         t += d.as_secs_f64() + 3.0;
     }
     // Both hold during a partition: that is the trade two-node mode makes. What must hold
@@ -462,7 +513,10 @@ fn partial_partition(rng: &mut Rng, timing: Timing) -> Scenario {
         sc.at(s(t), Script::Cut(Target::Follower(0), Target::Holder));
         let mut u = t + between(rng, 0.0, 1.5).as_secs_f64();
         for _ in 0..rng.below(4) {
-            sc.at(s(u), Script::Restart(Target::Follower(1), between(rng, 0.001, 0.05)));
+            sc.at(
+                s(u),
+                Script::Restart(Target::Follower(1), between(rng, 0.001, 0.05)),
+            );
             u += between(rng, 0.05, 1.0).as_secs_f64();
         }
         t += between(rng, 1.0, 4.0).as_secs_f64();
@@ -497,17 +551,24 @@ fn slow_prevote(rng: &mut Rng, timing: Timing) -> Scenario {
         sc.at(s(t), Script::Delay(3, 2, delta));
         // Node 2 ranks second of two candidates, so its round starts in the upper half
         // of [E_min, E_max] after its last ack; the leader returns within that round.
-        let back = t + (e_min + e_max) / 2.0 + ((e_max - e_min) / 2.0 + delta.as_secs_f64()) * rng.unit();
+        let back =
+            t + (e_min + e_max) / 2.0 + ((e_max - e_min) / 2.0 + delta.as_secs_f64()) * rng.unit();
         sc.at(s(back), Script::Heal);
         sc.at(s(back), Script::Cut(Target::Node(1), Target::Node(3)));
         sc.at(s(back), Script::Delay(3, 2, delta));
         // Node 2's first acks reach the leader; its later refusals do not, so the leader
         // keeps the lease those acks built instead of stepping down at once.
-        sc.at(s(back) + between(rng, 0.02, 0.15), Script::Cut(Target::Node(2), Target::Node(1)));
+        sc.at(
+            s(back) + between(rng, 0.02, 0.15),
+            Script::Cut(Target::Node(2), Target::Node(1)),
+        );
         t = back + 2.0;
         sc.at(s(t), Script::Heal);
         // Give leadership back to node 1 for the next round.
-        sc.at(s(t + 0.5), Script::Admin(Target::Holder, Admin::Transfer { to: Some(1) }));
+        sc.at(
+            s(t + 0.5),
+            Script::Admin(Target::Holder, Admin::Transfer { to: Some(1) }),
+        );
         t += 2.0;
     }
     sc.heal_all(s(30.0), &[1, 2, 3]);
@@ -533,14 +594,20 @@ fn forgetful_voter(rng: &mut Rng, timing: Timing) -> Scenario {
         // last ack): node 3 must refuse node 1's older term.
         sc.at(s(t), Script::Isolate(Target::Node(1)));
         let restart = t + e_max + 0.05;
-        sc.at(s(restart), Script::Restart(Target::Node(3), between(rng, 0.001, 0.02)));
+        sc.at(
+            s(restart),
+            Script::Restart(Target::Node(3), between(rng, 0.001, 0.02)),
+        );
         let back = restart + 0.05 + between(rng, 0.0, 0.3).as_secs_f64();
         sc.at(s(back), Script::Heal);
         sc.at(s(back), Script::Partition(vec![1], vec![2]));
         let u = back + 1.5;
         t = u + 1.0;
         sc.at(s(t), Script::Heal);
-        sc.at(s(t + 0.5), Script::Admin(Target::Holder, Admin::Transfer { to: Some(1) }));
+        sc.at(
+            s(t + 0.5),
+            Script::Admin(Target::Holder, Admin::Transfer { to: Some(1) }),
+        );
         t += 3.0;
     }
     sc.heal_all(s(30.0), &[1, 2, 3]);
@@ -558,8 +625,14 @@ fn stale_transfer(rng: &mut Rng, timing: Timing) -> Scenario {
         // waiting before they arrive.
         let d = between(rng, 0.1, 2.0);
         sc.at(s(t), Script::DelayFrom(Target::Holder, d));
-        sc.at(s(t + 0.01), Script::Admin(Target::Holder, Admin::Transfer { to: None }));
-        sc.at(s(t + 0.05), Script::DelayFrom(Target::Holder, Duration::ZERO));
+        sc.at(
+            s(t + 0.01),
+            Script::Admin(Target::Holder, Admin::Transfer { to: None }),
+        );
+        sc.at(
+            s(t + 0.05),
+            Script::DelayFrom(Target::Holder, Duration::ZERO),
+        );
         t += between(rng, 2.0, 4.0).as_secs_f64();
         sc.at(s(t), Script::Heal);
     }
@@ -572,11 +645,17 @@ fn slow_release(rng: &mut Rng, timing: Timing) -> Scenario {
     let mut cfg = SimConfig::cluster(3, timing.clone(), 0);
     cfg.device_placement = true;
     // Netlink slower than a LAN round trip (a busy host), still within the margin d.
-    cfg.netlink = NetlinkParams { min: Duration::from_millis(2), max: timing.margin };
+    cfg.netlink = NetlinkParams {
+        min: Duration::from_millis(2),
+        max: timing.margin,
+    };
     let mut sc = Scenario::new(cfg, s(30.0));
     let mut t = 3.0;
     while t < 20.0 {
-        sc.at(s(t), Script::Admin(Target::Holder, Admin::Transfer { to: None }));
+        sc.at(
+            s(t),
+            Script::Admin(Target::Holder, Admin::Transfer { to: None }),
+        );
         t += between(rng, 1.0, 2.0).as_secs_f64();
     }
     sc.heal_all(s(21.0), &[1, 2, 3]);
@@ -598,7 +677,10 @@ fn late_acks(rng: &mut Rng, timing: Timing) -> Scenario {
         sc.at(s(t), Script::DelayTo(Target::Holder, d));
         sc.at(s(t + 0.1), Script::Cut(Target::Holder, Target::Follower(0)));
         sc.at(s(t + 0.1), Script::Cut(Target::Holder, Target::Follower(1)));
-        sc.at(s(t + 0.1) + d + between(rng, 0.002, 0.03), Script::Freeze(Target::Holder, s(5.0)));
+        sc.at(
+            s(t + 0.1) + d + between(rng, 0.002, 0.03),
+            Script::Freeze(Target::Holder, s(5.0)),
+        );
         t += 6.0;
         sc.at(s(t), Script::Heal);
         t += 2.0;
@@ -610,7 +692,10 @@ fn late_acks(rng: &mut Rng, timing: Timing) -> Scenario {
 
 /// Runs `count` seeds of a family and returns the reports with any failures.
 pub fn sweep(family: Family, seeds: std::ops::Range<u64>, rules: Rules, profile: Profile) -> Sweep {
-    let mut out = Sweep { family, ..Sweep::default() };
+    let mut out = Sweep {
+        family,
+        ..Sweep::default()
+    };
     for seed in seeds {
         let sc = Scenario::build(family, seed, rules, profile);
         let r = sc.run();
@@ -670,7 +755,9 @@ impl Default for Sweep {
 /// A clean failover measurement: a 3-node LAN cluster, the holder is killed (device
 /// placement, so its VIP goes with it), and we time the next holder.
 pub fn failover_samples(profile: Profile, loss: f64, runs: u64) -> Vec<Duration> {
-    (0..runs).flat_map(|seed| failover_run(profile, loss, seed, false).failovers).collect()
+    (0..runs)
+        .flat_map(|seed| failover_run(profile, loss, seed, false).failovers)
+        .collect()
 }
 
 /// One failover measurement (see [`failover_samples`]).
@@ -695,7 +782,10 @@ pub fn handover_samples(profile: Profile, runs: u64) -> Vec<Duration> {
         let mut cfg = SimConfig::cluster(3, profile.timing(), seed);
         cfg.device_placement = true;
         let mut sim = Sim::new(cfg);
-        sim.script(s(3.0), Script::Admin(Target::Holder, Admin::Transfer { to: None }));
+        sim.script(
+            s(3.0),
+            Script::Admin(Target::Holder, Admin::Transfer { to: None }),
+        );
         sim.run_until(s(6.0));
         out.extend(sim.finish().handovers);
     }
