@@ -12,7 +12,7 @@ case "$want" in
   demo) ;;
   test|bench)
     pkg+=([keepalived]=keepalived [haproxy]=haproxy [nginx]=nginx [kubectl]=kubernetes-client
-          [openssl]=openssl [buildah]=buildah)
+          [openssl]=openssl [buildah]=buildah [systemd-analyze]=systemd)
     ;;&
   bench) pkg+=([wrk]=wrk) ;;
   test) ;;

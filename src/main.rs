@@ -43,34 +43,80 @@ enum Command {
     Status(StatusArgs),
     /// Move the VIP off this node (a failover drill) and report where it went and how long it took.
     Drill(DrillArgs),
+    /// Print a deployment file: a kubelet static pod manifest or a systemd unit.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Check this node's set-up: apiserver certificates name the VIP, key file, interface,
+    /// routes to peers, timers, capabilities. Exit status 1 when any check FAILs.
+    Doctor(DoctorArgs),
+    /// Print shell completions, e.g. `apivip completions bash > /etc/bash_completion.d/apivip`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `apivip man > /usr/local/share/man/man1/apivip.1`.
+    Man {
+        /// Write apivip.1 and one page per subcommand (apivip-doctor.1, ...) into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
-struct SocketArg {
-    /// The daemon's control socket.
-    #[arg(long, env = "APIVIP_CONTROL_SOCKET", default_value_os_t = config::default_socket())]
-    socket: PathBuf,
-}
-
-#[derive(Args)]
-struct StatusArgs {
+struct DoctorArgs {
     #[command(flatten)]
-    socket: SocketArg,
-    /// Print JSON instead of a table.
+    config: ConfigArgs,
+    /// A DNS name clients use for the apiserver; every certificate must name it (repeatable).
+    #[arg(long = "name", value_name = "DNS")]
+    names: Vec<String>,
+    /// The forwarder's port on the VIP, checked besides 6443.
+    #[arg(long, default_value_t = apivip::doctor::FORWARDER_PORT)]
+    forwarder_port: u16,
+    /// Do not check the forwarder's port on the VIP.
+    #[arg(long)]
+    no_forwarder: bool,
+    /// Per-connection timeout, e.g. `3s`.
+    #[arg(long, default_value = "3s", value_parser = apivip::duration::parse)]
+    timeout: std::time::Duration,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// The static pod for /etc/kubernetes/manifests/apivip.yaml.
+    StaticPod(ManifestArgs),
+    /// The unit for /etc/systemd/system/apivip.service.
+    Systemd(ManifestArgs),
+}
+
 #[derive(Args)]
-struct DrillArgs {
-    #[command(flatten)]
-    socket: SocketArg,
-    /// Hand the VIP to this node id (default: the best eligible follower).
-    #[arg(long)]
-    to: Option<u32>,
-    /// Print JSON instead of a sentence.
-    #[arg(long)]
-    json: bool,
+struct ManifestArgs {
+    /// Container image (static pod only).
+    #[arg(long, default_value_t = apivip::manifest::default_image())]
+    image: String,
+    /// The config file path on the node.
+    #[arg(long, default_value = apivip::manifest::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The key file path on the node.
+    #[arg(long, default_value = apivip::manifest::DEFAULT_KEY)]
+    key: PathBuf,
+    /// Where the daemon serves /healthz and /readyz for the pod's probes.
+    #[arg(long, default_value = "127.0.0.1:9405")]
+    metrics_address: std::net::SocketAddr,
+    /// The binary the systemd unit starts.
+    #[arg(long, default_value = apivip::manifest::BINARY)]
+    binary: PathBuf,
+}
+
+impl ManifestArgs {
+    fn options(self) -> apivip::manifest::Options {
+        apivip::manifest::Options {
+            image: self.image,
+            config: self.config,
+            key: self.key,
+            metrics: self.metrics_address,
+            binary: self.binary,
+        }
+    }
 }
 
 /// Where the config comes from: a file, then `APIVIP_*` env vars, then flags.
@@ -104,6 +150,34 @@ struct RunArgs {
     /// kernel (lets tests run a cluster without root).
     #[arg(long, hide = true)]
     fake_vip_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SocketArg {
+    /// The daemon's control socket.
+    #[arg(long, env = "APIVIP_CONTROL_SOCKET", default_value_os_t = config::default_socket())]
+    socket: PathBuf,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DrillArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Hand the VIP to this node id (default: the best eligible follower).
+    #[arg(long)]
+    to: Option<u32>,
+    /// Print JSON instead of a sentence.
+    #[arg(long)]
+    json: bool,
 }
 
 impl ConfigArgs {
@@ -194,6 +268,52 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Manifest(m) => {
+            let text = match m {
+                ManifestCommand::StaticPod(a) => apivip::manifest::static_pod(&a.options())?,
+                ManifestCommand::Systemd(a) => apivip::manifest::systemd_unit(&a.options())?,
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => {
+            let opts = apivip::doctor::Options {
+                names: args.names.clone(),
+                forwarder_port: (!args.no_forwarder).then_some(args.forwarder_port),
+                timeout: args.timeout,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(apivip::doctor::diagnose(&args.config.sources(), &opts));
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "apivip", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            use clap::CommandFactory;
+            match out_dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir)
+                    .with_context(|| format!("cannot write man pages into {}", dir.display()))?,
+                None => clap_mangen::Man::new(Cli::command())
+                    .render(&mut std::io::stdout())
+                    .context("cannot write the man page")?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let loaded = config::load(&args.config.sources())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
