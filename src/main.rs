@@ -245,15 +245,35 @@ async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
     };
     let vip = match &args.fake_vip_dir {
         Some(dir) => daemon::marker_vip(dir.clone(), cfg),
-        None => anyhow::bail!("the kernel VIP is not available in this build (use --fake-vip-dir)"),
+        None => daemon::kernel_vip(cfg).await?,
     };
     let (_health_tx, health) = tokio::sync::watch::channel(true);
+    let metrics = apivip::metrics::Metrics::new();
+    let readiness = apivip::metrics::Readiness::new();
+    readiness.set_forwarder_listening(true);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = apivip::metrics::serve_configured(
+        &cfg.metrics,
+        metrics.clone(),
+        readiness.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    )
+    .await?;
+    if let Some(s) = &server {
+        tracing::info!(address = %s.local_addr, "serving /metrics, /healthz and /readyz");
+    }
     let setup = daemon::Setup {
         sources: args.config.sources(),
         vip,
         health,
+        metrics,
+        readiness,
     };
-    daemon::run(loaded, setup).await
+    let r = daemon::run(loaded, setup).await;
+    let _ = stop_tx.send(());
+    r
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {

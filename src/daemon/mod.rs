@@ -7,6 +7,7 @@ pub mod vipctl;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,6 +24,7 @@ use crate::control::{
     self, Call, DrillReport, PeerReport, Request, Response, StatusReport, VipReport,
 };
 use crate::heartbeat::{self, Inbound, Transport};
+use crate::metrics::{Metrics, Readiness};
 use crate::state::Store;
 use clock::Clock;
 use vipctl::{VipDone, VipOp};
@@ -35,12 +37,10 @@ const SHUTDOWN_HANDOVER: Duration = Duration::from_secs(3);
 /// even when tokio's monotonic timer has not fired.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
 
-/// What the VIP is, for `status`; and the watch of its kernel state.
+/// How the VIP is held, and what `status` says about it.
 pub struct VipSetup {
-    pub control: Box<dyn vipctl::VipControl>,
+    pub backend: vipctl::Backend,
     pub report: VipReport,
-    /// Kernel notifications: the VIP vanished (false) or the link changed.
-    pub events: Option<mpsc::UnboundedReceiver<VipEvent>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct Setup {
     pub vip: VipSetup,
     /// The local apiserver's readiness.
     pub health: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
 }
 
 /// Reads the key file, naming it in every error.
@@ -121,6 +123,7 @@ struct Daemon {
     /// A failed fsync: stop answering until a later write works (an unpersisted vote
     /// must never leave).
     persist_broken: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -142,8 +145,10 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
     let codec = Codec::new(ClusterId::from_name(&cfg.cluster), cfg.node_id, epoch, keys);
     let local = std::net::SocketAddr::new(me.address, cfg.port);
     let transport = Transport::bind(local, codec, peer_addrs(&cfg))?;
-    let (vip_ops, mut vip_done) = vipctl::spawn(setup.vip.control);
-    let mut vip_events = setup.vip.events;
+    let worker = vipctl::spawn(setup.vip.backend)
+        .await
+        .map_err(|e| anyhow!("VIP {}: {e}", setup.vip.report.address))?;
+    let (vip_ops, mut vip_done, mut vip_events) = (worker.ops, worker.done, worker.events);
     let mut health = setup.health;
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(16);
@@ -185,17 +190,37 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
         warned_non_members: BTreeSet::new(),
         shutdown_ready: false,
         persist_broken: false,
+        metrics: setup.metrics,
     };
+    d.metrics.set_peers(
+        &d.cfg
+            .peers
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| *id != d.cfg.node_id)
+            .collect::<Vec<_>>(),
+    );
+    d.metrics.set_apiserver_healthy(healthy);
+    d.metrics.set_role(Some(RoleName::Follower));
     let first = d.node.start(now);
     d.apply(first);
+    setup.readiness.set_election_running(true);
+    // systemd (Type=notify) learns we are up; outside systemd this does nothing.
+    if let Err(e) = crate::manifest::notify_ready() {
+        tracing::debug!(error = %e, "sd_notify READY failed");
+    }
     let mut stopping: Option<Instant> = None;
 
     loop {
         let sleep = d.next_wake(stopping);
         tokio::select! {
             r = d.transport.recv() => match r {
-                Ok(Inbound::Message(m)) => d.handle(Event::Message { from: m.from, msg: m.msg }),
+                Ok(Inbound::Message(m)) => {
+                    d.metrics.heartbeat_received(m.from);
+                    d.handle(Event::Message { from: m.from, msg: m.msg })
+                }
                 Ok(Inbound::Rejected { from, error }) => {
+                    d.metrics.heartbeat_rejected(&error);
                     tracing::debug!(%from, reason = error.reason(), "heartbeat datagram rejected");
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat socket receive failed"),
@@ -208,10 +233,16 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
                 d.expire_drill(now);
             }
             Some(done) = vip_done.recv() => match done {
-                VipDone::Applied { ok } => d.handle(Event::VipApplied { ok }),
-                VipDone::Released => d.handle(Event::VipReleased),
+                VipDone::Applied { ok } => {
+                    d.metrics.set_vip_held(ok);
+                    d.handle(Event::VipApplied { ok })
+                }
+                VipDone::Released => {
+                    d.metrics.set_vip_held(false);
+                    d.handle(Event::VipReleased)
+                }
             },
-            Some(ev) = recv_opt(&mut vip_events) => match ev {
+            Some(ev) = vip_events.recv() => match ev {
                 VipEvent::Removed => {
                     tracing::warn!("the VIP was removed from the kernel by someone else (or its lifetime ran out)");
                     d.handle(Event::VipLost);
@@ -227,6 +258,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
             },
             Ok(()) = health.changed() => {
                 let h = *health.borrow_and_update();
+                d.metrics.set_apiserver_healthy(h);
                 tracing::info!(healthy = h, "local apiserver health changed");
                 d.handle(Event::Health(h));
             }
@@ -246,16 +278,12 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
             }
         }
     }
+    setup.readiness.set_election_running(false);
+    let _ = crate::manifest::notify_stopping();
     d.release_for_exit(&mut vip_done).await;
+    d.metrics.set_vip_held(false);
     tracing::info!("apivip stopped");
     Ok(())
-}
-
-async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -296,6 +324,7 @@ impl Daemon {
                 Action::Send { to, msg } => {
                     if !self.persist_broken {
                         self.transport.send(to, &msg);
+                        self.metrics.heartbeat_sent();
                     }
                 }
                 Action::ClaimVip { lifetime } => self.vip_op(VipOp::Claim(lifetime)),
@@ -318,11 +347,14 @@ impl Daemon {
         match n {
             Notice::Role { role, term, leader } => {
                 tracing::info!(role = role.as_str(), term, leader = ?leader, "role changed");
+                self.metrics.set_role(Some(role));
+                self.metrics.set_term(term);
             }
             Notice::Holder { id, term } => {
                 let prev = self.holder.replace(id);
                 if prev != Some(id) {
                     tracing::info!(holder = id, term, previous = ?prev, "VIP holder changed");
+                    self.metrics.leader_changed();
                 }
                 if id == self.cfg.node_id
                     && let Some(p) = prev.filter(|p| *p != id)
@@ -337,12 +369,15 @@ impl Daemon {
                     // Takeover time as this node saw it: last word from the old holder
                     // until our VIP is in place.
                     self.last_failover_ms = Some(heard.as_secs_f64() * 1e3);
+                    self.metrics.failover_completed(heard);
                 }
                 if id != self.cfg.node_id
                     && let Some(dr) = self.drill.take()
                 {
                     let millis = now.saturating_since(dr.started).as_secs_f64() * 1e3;
                     self.last_failover_ms = Some(millis);
+                    self.metrics
+                        .failover_completed(now.saturating_since(dr.started));
                     tracing::info!(from = self.cfg.node_id, to = id, millis, "drill: VIP moved");
                     if let Some(r) = dr.reply {
                         let _ = r.send(Response::Drilled(DrillReport {
@@ -536,6 +571,15 @@ impl Daemon {
         let keys = load_keys(&new.key_file)?;
         self.transport.reconfigure(peer_addrs(&new), keys);
         self.cfg = new;
+        self.metrics.set_peers(
+            &self
+                .cfg
+                .peers
+                .iter()
+                .map(|p| p.id)
+                .filter(|id| *id != self.cfg.node_id)
+                .collect::<Vec<_>>(),
+        );
         self.handle(Event::Reconfigure(node_cfg));
         tracing::info!(members = ?self.cfg.peers.iter().map(|p| p.id).collect::<Vec<_>>(), "config reloaded");
         Ok(())
@@ -596,7 +640,7 @@ impl Daemon {
 /// The stand-in VIP for tests without root (`--fake-vip-dir`).
 pub fn marker_vip(dir: PathBuf, cfg: &Config) -> VipSetup {
     VipSetup {
-        control: Box::new(vipctl::MarkerVip::new(dir.clone(), cfg.node_id)),
+        backend: vipctl::Backend::Marker(vipctl::MarkerVip::new(dir.clone(), cfg.node_id)),
         report: VipReport {
             address: cfg.vip.as_ref().map_or("-".into(), |v| v.address.clone()),
             interface: "-".into(),
@@ -604,6 +648,60 @@ pub fn marker_vip(dir: PathBuf, cfg: &Config) -> VipSetup {
             placement_reason: format!("test stand-in: a file in {}", dir.display()),
             state: String::new(),
         },
-        events: None,
     }
+}
+
+/// The kernel VIP from the config: the interface (configured, or the one routing to the
+/// first peer), the placement and why.
+pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
+    let v = cfg
+        .vip
+        .as_ref()
+        .ok_or_else(|| anyhow!("vip: not configured"))?;
+    let (addr, prefix) = crate::config::parse_vip(&v.address)
+        .map_err(|e| anyhow!("vip.address {:?}: {e}", v.address))?;
+    let interface = match &v.interface {
+        Some(i) => i.clone(),
+        None => {
+            let peer = cfg
+                .peers
+                .iter()
+                .find(|p| p.id != cfg.node_id)
+                .or_else(|| cfg.me())
+                .ok_or_else(|| anyhow!("vip.interface: not set and no peer to find it from"))?;
+            crate::vip::interface_for(peer.address).await.map_err(|e| {
+                anyhow!(
+                    "vip.interface: not set, and the route to peer {} ({}) does not tell: {e}",
+                    peer.id,
+                    peer.address
+                )
+            })?
+        }
+    };
+    let (placement, reason) =
+        crate::vip::resolve_placement(v.placement, addr, &interface, &v.device);
+    let placement_name = match &placement {
+        crate::vip::Placement::Interface => "interface".to_string(),
+        crate::vip::Placement::Device { name } => format!("device {name}"),
+    };
+    let spec = crate::vip::VipSpec {
+        addr,
+        prefix,
+        interface: interface.clone(),
+        placement,
+        label: v.label.clone(),
+    };
+    Ok(VipSetup {
+        backend: vipctl::Backend::Kernel(vipctl::KernelVip {
+            spec,
+            announce: crate::announce::AnnounceConfig::default(),
+        }),
+        report: VipReport {
+            address: v.address.clone(),
+            interface,
+            placement: placement_name,
+            placement_reason: reason,
+            state: String::new(),
+        },
+    })
 }
