@@ -2,3 +2,6 @@
 
 pub mod config;
 pub mod duration;
+pub mod forward;
+pub mod health;
+pub mod standin;

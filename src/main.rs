@@ -36,6 +36,9 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file and print the effective configuration.
     CheckConfig(ConfigArgs),
+    /// A stand-in apiserver for tests, benches and the demo.
+    #[command(hide = true)]
+    Standin(apivip::standin::StandinArgs),
 }
 
 /// Where the config comes from: a file, then `APIVIP_*` env vars, then flags.
@@ -65,6 +68,9 @@ struct ConfigArgs {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Run only the forwarder (no election, no VIP, no NET_ADMIN), as when no VIP is set.
+    #[arg(long)]
+    proxy_only: bool,
 }
 
 impl ConfigArgs {
@@ -123,9 +129,26 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Standin(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(apivip::standin::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let loaded = config::load(&args.config.sources())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+            if args.proxy_only || apivip::forward::settings::is_proxy_only(&loaded.config) {
+                let sources = args.config.sources();
+                apivip::forward::proxy::run_blocking(loaded.config, move || {
+                    config::load(&sources)
+                        .map(|l| l.config)
+                        .map_err(|e| e.to_string())
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -1,0 +1,67 @@
+//! Graceful drain: stop accepting, let open connections finish until a deadline, then
+//! close what is left.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+
+/// What a drain found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    /// Connections open when the drain began.
+    pub open_at_start: usize,
+    /// Connections closed by force at the deadline.
+    pub forced: usize,
+    pub took_ms: u64,
+}
+
+/// The switches every accept loop and connection watches.
+pub(crate) struct Switches {
+    pub stop_accepting: watch::Sender<bool>,
+    pub force_close: watch::Sender<bool>,
+}
+
+impl Switches {
+    pub(crate) fn new() -> Switches {
+        Switches {
+            stop_accepting: watch::channel(false).0,
+            force_close: watch::channel(false).0,
+        }
+    }
+}
+
+/// The connection cap is a semaphore with one permit per open connection, so "every
+/// connection has closed" is "all permits are back".
+pub(crate) async fn drain(
+    switches: &Switches,
+    permits: &Arc<Semaphore>,
+    max: u32,
+    deadline: Duration,
+) -> DrainReport {
+    let started = Instant::now();
+    switches.stop_accepting.send_replace(true);
+    let open_at_start = max as usize - permits.available_permits().min(max as usize);
+    let done = tokio::time::timeout(deadline, permits.acquire_many(max)).await;
+    let forced = match done {
+        Ok(Ok(all)) => {
+            // Keep the semaphore empty: nothing may start after a drain.
+            all.forget();
+            0
+        }
+        _ => {
+            let left = max as usize - permits.available_permits().min(max as usize);
+            switches.force_close.send_replace(true);
+            // Connection tasks see the switch on their next poll; give them a moment so
+            // the sockets are closed when this returns.
+            let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(max)).await;
+            left
+        }
+    };
+    DrainReport {
+        open_at_start,
+        forced,
+        took_ms: started.elapsed().as_millis() as u64,
+    }
+}
