@@ -2,6 +2,7 @@
 //! close what is left.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,11 +39,12 @@ pub(crate) async fn drain(
     switches: &Switches,
     permits: &Arc<Semaphore>,
     max: u32,
+    open: &AtomicUsize,
     deadline: Duration,
 ) -> DrainReport {
     let started = Instant::now();
     switches.stop_accepting.send_replace(true);
-    let open_at_start = max as usize - permits.available_permits().min(max as usize);
+    let open_at_start = open.load(Ordering::Relaxed);
     let done = tokio::time::timeout(deadline, permits.acquire_many(max)).await;
     let forced = match done {
         Ok(Ok(all)) => {
@@ -51,7 +53,7 @@ pub(crate) async fn drain(
             0
         }
         _ => {
-            let left = max as usize - permits.available_permits().min(max as usize);
+            let left = open.load(Ordering::Relaxed);
             switches.force_close.send_replace(true);
             // Connection tasks see the switch on their next poll; give them a moment so
             // the sockets are closed when this returns.
@@ -63,5 +65,21 @@ pub(crate) async fn drain(
         open_at_start,
         forced,
         took_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Counts one connection being served while alive.
+pub(crate) struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    pub(crate) fn new(open: Arc<AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -113,6 +113,8 @@ struct Shared {
     permits: Arc<Semaphore>,
     max: u32,
     switches: drain::Switches,
+    /// Connections being served (the permits also count accept loops waiting for one).
+    open: Arc<AtomicUsize>,
     accepted: AtomicU64,
     refused: AtomicU64,
     retries: AtomicU64,
@@ -182,6 +184,7 @@ impl Forwarder {
             permits: Arc::new(Semaphore::new(rt.max_connections as usize)),
             max: rt.max_connections,
             switches: drain::Switches::new(),
+            open: Arc::new(AtomicUsize::new(0)),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
@@ -213,9 +216,8 @@ impl ForwarderHandle {
 
     pub fn totals(&self) -> ForwardTotals {
         let s = &self.shared;
-        let free = s.permits.available_permits().min(s.max as usize);
         ForwardTotals {
-            open: (s.max as usize - free) as u64,
+            open: s.open.load(Ordering::Relaxed) as u64,
             accepted: s.accepted.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
@@ -262,7 +264,7 @@ impl ForwarderHandle {
     /// closes the rest.
     pub async fn drain(&self, deadline: Duration) -> DrainReport {
         let s = &self.shared;
-        let r = drain::drain(&s.switches, &s.permits, s.max, deadline).await;
+        let r = drain::drain(&s.switches, &s.permits, s.max, &s.open, deadline).await;
         tracing::info!(
             target: "apivip::forward",
             open = r.open_at_start,
@@ -349,6 +351,7 @@ async fn switched_on(rx: &mut watch::Receiver<bool>) {
 }
 
 async fn serve(shared: Arc<Shared>, client: TcpStream, _permit: OwnedSemaphorePermit) {
+    let _open = drain::OpenGuard::new(shared.open.clone());
     let mut force: watch::Receiver<bool> = shared.switches.force_close.subscribe();
     tokio::select! {
         biased;
