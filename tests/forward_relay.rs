@@ -192,3 +192,29 @@ async fn bulk_bytes_arrive_intact_by_splice() {
 async fn bulk_bytes_arrive_intact_switching_to_splice() {
     bulk(SpliceMode::Auto).await;
 }
+
+#[tokio::test]
+async fn dedicated_threads_serve_and_drain() {
+    let e = Echo::start(b'E').await;
+    let mut rt = runtime(&[e.addr]);
+    rt.threads = 3;
+    let (h, front) = start(rt).await;
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let (mut c, n) = connect(front).await;
+        assert_eq!(n, b'E');
+        c.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        held.push(c);
+    }
+    assert_eq!(h.totals().open, 30);
+    let r = h.drain(Duration::from_millis(200)).await;
+    assert_eq!(r.forced, 30);
+    for mut c in held {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(LIMIT, c.read(&mut b)).await.unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    assert!(std::net::TcpStream::connect(front).is_err());
+}

@@ -22,6 +22,8 @@ pub struct DrainReport {
 pub(crate) struct Switches {
     pub stop_accepting: watch::Sender<bool>,
     pub force_close: watch::Sender<bool>,
+    /// Set when the drain is over: dedicated forwarder threads then stop their runtimes.
+    pub finished: watch::Sender<bool>,
 }
 
 impl Switches {
@@ -29,6 +31,7 @@ impl Switches {
         Switches {
             stop_accepting: watch::channel(false).0,
             force_close: watch::channel(false).0,
+            finished: watch::channel(false).0,
         }
     }
 }
@@ -61,6 +64,7 @@ pub(crate) async fn drain(
             left
         }
     };
+    switches.finished.send_replace(true);
     DrainReport {
         open_at_start,
         forced,

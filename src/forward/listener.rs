@@ -13,6 +13,12 @@ use tokio::net::TcpListener;
 const BACKLOG: i32 = 4096;
 
 pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, reuse_port)?)
+}
+
+/// A bound, listening, non-blocking socket not yet tied to a runtime (a dedicated
+/// thread's runtime adopts it).
+pub(crate) fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let domain = Domain::for_address(addr);
     let s = Socket::new(
         domain,
@@ -33,7 +39,7 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener
     s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
 #[cfg(test)]

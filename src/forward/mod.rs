@@ -44,8 +44,10 @@ pub struct ForwardRuntime {
     pub eject_backoff_max: Duration,
     pub splice: SpliceMode,
     pub pipe_size: usize,
-    /// Listening sockets per address (SO_REUSEPORT when above 1): one per thread.
-    pub accept_sockets: usize,
+    /// 1: accept and relay on the caller's runtime. N > 1: also on N-1 dedicated threads,
+    /// each with a single-threaded runtime and its own SO_REUSEPORT listener per address
+    /// (the kernel spreads connections; no task ever moves between threads).
+    pub threads: usize,
     /// Active checks; `None` relies on passive ejection alone.
     pub health: Option<HealthSpec>,
 }
@@ -64,7 +66,7 @@ impl ForwardRuntime {
             eject_backoff_max: Duration::from_secs(30),
             splice: SpliceMode::Auto,
             pipe_size: 256 * 1024,
-            accept_sockets: 1,
+            threads: 1,
             health: None,
         }
     }
@@ -140,28 +142,19 @@ impl Forwarder {
         if rt.max_connections == 0 {
             return Err(ForwardError::NoCapacity);
         }
-        let per_addr = rt.accept_sockets.max(1);
+        let threads = rt.threads.max(1);
         let mut listeners: Vec<TcpListener> = Vec::new();
+        // For each dedicated thread: its own listener per address.
+        let mut extra: Vec<Vec<std::net::TcpListener>> = (1..threads).map(|_| Vec::new()).collect();
         let mut local = Vec::new();
         for addr in &rt.listen {
-            let first =
-                listener::bind(*addr, per_addr > 1).map_err(|source| ForwardError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
+            let bind_err = |addr: SocketAddr| move |source| ForwardError::Bind { addr, source };
+            let first = listener::bind(*addr, threads > 1).map_err(bind_err(*addr))?;
             // With port 0 the siblings must share the port the kernel picked.
-            let bound = first.local_addr().map_err(|source| ForwardError::Bind {
-                addr: *addr,
-                source,
-            })?;
+            let bound = first.local_addr().map_err(bind_err(*addr))?;
             listeners.push(first);
-            for _ in 1..per_addr {
-                listeners.push(listener::bind(bound, true).map_err(|source| {
-                    ForwardError::Bind {
-                        addr: bound,
-                        source,
-                    }
-                })?);
+            for set in extra.iter_mut() {
+                set.push(listener::bind_std(bound, true).map_err(bind_err(bound))?);
             }
             local.push(bound);
         }
@@ -192,6 +185,16 @@ impl Forwarder {
         });
         for l in listeners {
             tokio::spawn(accept_loop(shared.clone(), l));
+        }
+        for (i, set) in extra.into_iter().enumerate() {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("apivip-fwd-{}", i + 1))
+                .spawn(move || dedicated_thread(shared, set));
+            if let Err(e) = spawned {
+                // The listeners of that thread close with it; the others carry the load.
+                tracing::error!(target: "apivip::forward", error = %e, "cannot start a forwarder thread");
+            }
         }
         tracing::info!(
             target: "apivip::forward",
@@ -312,6 +315,33 @@ fn build_backends(
         out.push(Arc::new(Backend::new(spec.clone(), probe)));
     }
     Ok(out)
+}
+
+fn dedicated_thread(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(target: "apivip::forward", error = %e, "cannot start a forwarder thread's runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::spawn(accept_loop(shared.clone(), l));
+                }
+                Err(e) => {
+                    tracing::error!(target: "apivip::forward", error = %e, "cannot adopt a listener")
+                }
+            }
+        }
+        let mut finished = shared.switches.finished.subscribe();
+        switched_on(&mut finished).await;
+    });
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {

@@ -15,20 +15,13 @@ pub fn run_blocking<R>(config: Config, reload: R) -> Result<()>
 where
     R: Fn() -> Result<Config, String> + Send + 'static,
 {
-    let threads = config.forward.threads.max(1) as usize;
-    // One thread is the default: on a worker the proxy shares the node with kubelet and
-    // the pods, and the bench shows a single thread moves more than the apiserver serves.
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-    .context("cannot start the async runtime")?;
+    // A single-threaded runtime: the forwarder adds its own threads (forward.threads),
+    // each with its own runtime and listener, which beats work stealing for a proxy
+    // whose tasks never need to move.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(run(config, reload))
 }
 

@@ -113,7 +113,7 @@ pub fn runtime(c: &Config) -> ForwardRuntime {
         eject_backoff_max: f.eject_backoff_max,
         splice: f.splice,
         pipe_size: f.pipe_size as usize,
-        accept_sockets: f.threads as usize,
+        threads: f.threads as usize,
         health: health(c),
     }
 }
