@@ -25,6 +25,10 @@ for cmd in "${!pkg[@]}"; do
     missing+=("${pkg[$cmd]}")
   fi
 done
+# bench/forwarder's nginx stream proxy needs the dynamic stream module.
+if [ "$want" = bench ] && [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  missing+=(libnginx-mod-stream)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -51,6 +51,8 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub forward: ForwardConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,6 +225,221 @@ pub struct MetricsConfig {
     /// Prometheus /metrics, /healthz and /readyz; empty disables.
     #[serde(default = "default_metrics_address")]
     pub address: String,
+}
+
+/// The embedded L4 forwarder (docs/forwarder.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Control-plane nodes may turn the forwarder off; proxy-only mode is nothing else.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Listen addresses. Default: `VIP:8443` on control-plane nodes (the local apiserver
+    /// owns 6443 on the wildcard), `127.0.0.1:6443` in proxy-only mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<SocketAddr>,
+    /// This node's apiserver. Default on control-plane nodes: this node's `peers` entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_backend: Option<SocketAddr>,
+    /// Forward to every peer's apiserver (`peers[].apiserver`, default `<address>:6443`).
+    #[serde(default = "yes")]
+    pub peer_backends: bool,
+    /// More backends: `"ip:port"` or `"ip:port@weight"` (`"[2001:db8::1]:6443@2"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Send everything to the local apiserver while it is healthy; peers take over only
+    /// when it is not.
+    #[serde(default)]
+    pub prefer_local: bool,
+    #[serde(default = "default_connect_timeout", with = "crate::duration")]
+    pub connect_timeout: Duration,
+    /// A connection with no byte either way for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "crate::duration")]
+    pub idle_timeout: Duration,
+    /// Connections beyond this wait in the listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// On SIGTERM, how long open connections may take to finish.
+    #[serde(default = "default_drain_timeout", with = "crate::duration")]
+    pub drain_timeout: Duration,
+    /// First ejection after a failed connect; it doubles per failure in a row.
+    #[serde(default = "default_eject_backoff", with = "crate::duration")]
+    pub eject_backoff: Duration,
+    #[serde(default = "default_eject_backoff_max", with = "crate::duration")]
+    pub eject_backoff_max: Duration,
+    /// Zero-copy splice(2): `auto` switches a connection to it once it moves bulk data.
+    #[serde(default)]
+    pub splice: SpliceMode,
+    /// Kernel pipe size for splice, in bytes.
+    #[serde(default = "default_pipe_size")]
+    pub pipe_size: u32,
+    /// Threads in proxy-only mode (each with its own SO_REUSEPORT listener).
+    #[serde(default = "default_forward_threads")]
+    pub threads: u32,
+    #[serde(default)]
+    pub check: ForwardCheckConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Fewest open connections per unit of weight; ties round-robin.
+    #[default]
+    LeastConn,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpliceMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// Active checks of the forwarder's backends. Interval and timeout default by role:
+/// control-plane nodes are few and check every 2 s; proxy-only workers may be thousands
+/// and check every 30 s (docs/forwarder.md has the load formula).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardCheckConfig {
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// Path of the HTTPS check.
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_forward_fall")]
+    pub fall: u32,
+    /// Each interval is drawn from interval x (1 +/- jitter).
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+}
+
+impl ForwardCheckConfig {
+    /// (interval, timeout) for a control-plane node or a proxy-only worker.
+    pub fn timing(&self, control_plane: bool) -> (Duration, Duration) {
+        let (i, t) = if control_plane {
+            (Duration::from_secs(2), Duration::from_secs(1))
+        } else {
+            (Duration::from_secs(30), Duration::from_secs(2))
+        };
+        (self.interval.unwrap_or(i), self.timeout.unwrap_or(t))
+    }
+}
+
+/// `"ip:port"` or `"ip:port@weight"`.
+pub fn parse_backend(s: &str) -> Result<(SocketAddr, u32), String> {
+    let (addr, weight) = match s.rsplit_once('@') {
+        Some((a, w)) => {
+            let w = w
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| format!("weight '{w}' is not a number 1-1000"))?;
+            (a, w)
+        }
+        None => (s, 1),
+    };
+    let addr: SocketAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{addr}' is not ip:port (IPv6 as [addr]:port)"))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(format!("{addr} is not a usable backend address"));
+    }
+    Ok((addr, weight))
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_connections() -> u32 {
+    20_000
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_eject_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_eject_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pipe_size() -> u32 {
+    256 * 1024
+}
+fn default_forward_threads() -> u32 {
+    1
+}
+fn default_check_path() -> String {
+    "/readyz".into()
+}
+fn default_forward_fall() -> u32 {
+    2
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            enabled: true,
+            listen: Vec::new(),
+            local_backend: None,
+            peer_backends: true,
+            backends: Vec::new(),
+            balance: Balance::LeastConn,
+            prefer_local: false,
+            connect_timeout: default_connect_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            drain_timeout: default_drain_timeout(),
+            eject_backoff: default_eject_backoff(),
+            eject_backoff_max: default_eject_backoff_max(),
+            splice: SpliceMode::Auto,
+            pipe_size: default_pipe_size(),
+            threads: default_forward_threads(),
+            check: ForwardCheckConfig::default(),
+        }
+    }
+}
+
+impl Default for ForwardCheckConfig {
+    fn default() -> Self {
+        ForwardCheckConfig {
+            kind: CheckKind::Https,
+            path: default_check_path(),
+            ca_file: None,
+            interval: None,
+            timeout: None,
+            rise: default_rise(),
+            fall: default_forward_fall(),
+            jitter: default_jitter(),
+        }
+    }
 }
 
 fn default_cluster() -> String {
@@ -697,6 +914,7 @@ impl Loaded {
         if c.cluster.trim().is_empty() {
             errs.push(self.err("cluster", "\"\"", "must not be empty"));
         }
+        self.validate_forward(&mut errs);
         if c.vip.is_none() {
             // Proxy-only: no election, so no member checks.
             return errs;
@@ -870,6 +1088,93 @@ impl Loaded {
             ));
         }
         errs
+    }
+
+    fn validate_forward(&self, errs: &mut Vec<ConfigError>) {
+        let f = &self.config.forward;
+        let d = crate::duration::format;
+        for (i, b) in f.backends.iter().enumerate() {
+            if let Err(problem) = parse_backend(b) {
+                errs.push(self.err(&format!("forward.backends[{i}]"), b, problem));
+            }
+        }
+        for (i, l) in f.listen.iter().enumerate() {
+            if l.port() == 0 {
+                errs.push(self.err(&format!("forward.listen[{i}]"), l, "needs a port"));
+            }
+        }
+        if f.connect_timeout.is_zero() || f.connect_timeout > Duration::from_secs(60) {
+            errs.push(self.err(
+                "forward.connect_timeout",
+                d(f.connect_timeout),
+                "must be above 0 and at most 60s",
+            ));
+        }
+        if f.idle_timeout < Duration::from_secs(1) {
+            errs.push(self.err(
+                "forward.idle_timeout",
+                d(f.idle_timeout),
+                "must be at least 1s (watches stay open for minutes)",
+            ));
+        }
+        if f.max_connections == 0 || f.max_connections > 1_000_000 {
+            errs.push(self.err(
+                "forward.max_connections",
+                f.max_connections,
+                "must be 1-1000000",
+            ));
+        }
+        if f.eject_backoff.is_zero() {
+            errs.push(self.err("forward.eject_backoff", "0", "must be above 0"));
+        }
+        if f.eject_backoff_max < f.eject_backoff {
+            errs.push(self.err(
+                "forward.eject_backoff_max",
+                d(f.eject_backoff_max),
+                format!("must be at least eject_backoff ({})", d(f.eject_backoff)),
+            ));
+        }
+        if !(4096..=1 << 20).contains(&f.pipe_size) {
+            errs.push(self.err(
+                "forward.pipe_size",
+                f.pipe_size,
+                "must be 4096-1048576 bytes (the default pipe-max-size is 1 MiB)",
+            ));
+        }
+        if !(1..=64).contains(&f.threads) {
+            errs.push(self.err("forward.threads", f.threads, "must be 1-64"));
+        }
+        let c = &f.check;
+        if c.kind == CheckKind::None {
+            return;
+        }
+        if c.kind == CheckKind::Https && !c.path.starts_with('/') {
+            errs.push(self.err("forward.check.path", &c.path, "must start with /"));
+        }
+        let (interval, timeout) = c.timing(self.config.vip.is_some());
+        if interval < Duration::from_millis(100) {
+            errs.push(self.err(
+                "forward.check.interval",
+                d(interval),
+                "must be at least 100ms",
+            ));
+        }
+        if timeout.is_zero() || timeout > interval {
+            errs.push(self.err(
+                "forward.check.timeout",
+                d(timeout),
+                format!("must be above 0 and at most the interval ({})", d(interval)),
+            ));
+        }
+        if c.rise == 0 {
+            errs.push(self.err("forward.check.rise", 0, "must be 1 or more"));
+        }
+        if c.fall == 0 {
+            errs.push(self.err("forward.check.fall", 0, "must be 1 or more"));
+        }
+        if !(0.0..=0.5).contains(&c.jitter) {
+            errs.push(self.err("forward.check.jitter", c.jitter, "must be 0 to 0.5"));
+        }
     }
 
     /// The election timings: the profile's, with any field set in the config on top.
@@ -1108,6 +1413,47 @@ address = "192.0.2.13"
             e.to_string()
                 .contains("peers[2].id = 2: the same id as peers[1]"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn forward_defaults_and_errors() {
+        let l = load_with("", &[], &[]).unwrap();
+        let f = &l.config.forward;
+        assert_eq!(f.connect_timeout, Duration::from_secs(1));
+        assert_eq!(f.idle_timeout, Duration::from_secs(600));
+        assert_eq!(f.check.timing(false).0, Duration::from_secs(30));
+        assert_eq!(f.check.timing(true).0, Duration::from_secs(2));
+        let l = load_with(
+            "[forward]\nbackends = [\"127.0.0.1:6443@3\", \"[::1]:6443\"]\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(parse_backend(&l.config.forward.backends[0]).unwrap().1, 3);
+        let e = load_with(
+            "[forward]\nbackends = [\"127.0.0.1\"]\nconnect_timeout = \"0\"\n",
+            &[],
+            &["forward.check.timeout=1m", "forward.splice=maybe"],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("forward.splice"), "{text}");
+        let e = load_with(
+            "[forward]\nbackends = [\"127.0.0.1\"]\nconnect_timeout = \"0\"\n",
+            &[],
+            &["forward.check.timeout=1m"],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("forward.backends[0] = 127.0.0.1: '127.0.0.1' is not ip:port"),
+            "{text}"
+        );
+        assert!(text.contains("forward.connect_timeout = 0"), "{text}");
+        assert!(
+            text.contains("flag --set forward.check.timeout: forward.check.timeout = 1m"),
+            "{text}"
         );
     }
 

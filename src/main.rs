@@ -43,6 +43,9 @@ enum Command {
     Status(StatusArgs),
     /// Move the VIP off this node (a failover drill) and report where it went and how long it took.
     Drill(DrillArgs),
+    /// A stand-in apiserver for tests, benches and the demo.
+    #[command(hide = true)]
+    Standin(apivip::standin::StandinArgs),
     /// Print a deployment file: a kubelet static pod manifest or a systemd unit.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -150,6 +153,9 @@ struct RunArgs {
     /// kernel (lets tests run a cluster without root).
     #[arg(long, hide = true)]
     fake_vip_dir: Option<PathBuf>,
+    /// Run only the forwarder (no election, no VIP, no NET_ADMIN), as when no VIP is set.
+    #[arg(long)]
+    proxy_only: bool,
 }
 
 #[derive(Args)]
@@ -288,6 +294,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Standin(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(apivip::standin::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Manifest(m) => {
             let text = match m {
                 ManifestCommand::StaticPod(a) => apivip::manifest::static_pod(&a.options())?,
@@ -337,6 +351,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => {
             let loaded = config::load(&args.config.sources())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+            if args.proxy_only || apivip::forward::settings::is_proxy_only(&loaded.config) {
+                let sources = args.config.sources();
+                apivip::forward::proxy::run_blocking(loaded.config, move || {
+                    config::load(&sources)
+                        .map(|l| l.config)
+                        .map_err(|e| e.to_string())
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let rt = runtime()?;
             rt.block_on(run(loaded, args))?;
             Ok(ExitCode::SUCCESS)

@@ -72,7 +72,7 @@ pub enum Backend {
 enum Open {
     Marker(MarkerVip),
     Kernel {
-        vip: Vip,
+        vip: Box<Vip>,
         announcer: Option<Announcer>,
         announcement: Option<Announcement>,
         ip: IpAddr,
@@ -121,7 +121,7 @@ impl Open {
                     }
                 });
                 Ok(Open::Kernel {
-                    vip,
+                    vip: Box::new(vip),
                     announcer,
                     announcement: None,
                     ip,

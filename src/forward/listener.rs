@@ -1,0 +1,59 @@
+//! Listening sockets. IP_FREEBIND lets a control-plane node bind `VIP:8443` before it holds
+//! the VIP, so the forwarder answers the moment the address arrives; SO_REUSEPORT lets
+//! each thread have its own accept queue.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+/// Large enough to ride out a burst of reconnecting kubelets after an apiserver restart
+/// (the kernel caps it at net.core.somaxconn).
+const BACKLOG: i32 = 4096;
+
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, reuse_port)?)
+}
+
+/// A bound, listening, non-blocking socket not yet tied to a runtime (a dedicated
+/// thread's runtime adopts it).
+pub(crate) fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let domain = Domain::for_address(addr);
+    let s = Socket::new(
+        domain,
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    match addr {
+        SocketAddr::V4(_) => s.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => {
+            s.set_freebind_v6(true)?;
+            s.set_only_v6(true)?;
+        }
+    }
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binds_an_address_this_host_does_not_have() {
+        // 192.0.2.0/24 is documentation space: no interface here has it, which is the
+        // situation of a VIP not yet claimed. No packet is sent.
+        let l = bind("192.0.2.123:0".parse().unwrap(), false).unwrap();
+        assert_eq!(
+            l.local_addr().unwrap().ip(),
+            "192.0.2.123".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
+}

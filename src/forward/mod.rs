@@ -1,0 +1,447 @@
+//! The embedded L4 forwarder: accepts TCP connections on the frontends and relays each to
+//! one apiserver, chosen by least connections among healthy backends, retrying the
+//! connect on the next backend when one fails. docs/forwarder.md explains the design.
+//!
+//! The daemon starts it with [`Forwarder::start`] and keeps the [`ForwarderHandle`]:
+//! `snapshot()` for metrics and `apivip status`, `update_backends()` on reload,
+//! `drain()` on shutdown.
+
+mod drain;
+mod listener;
+mod pool;
+pub mod proxy;
+mod relay;
+pub mod settings;
+mod splice;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+pub use crate::config::SpliceMode;
+use crate::health::{HealthError, HealthSpec, Prober};
+pub use drain::DrainReport;
+use pool::{ActiveGuard, Backend};
+pub use pool::{BackendHealth, BackendSpec, BackendStats};
+use relay::{End, RelayOpts, Side};
+
+/// Everything the forwarder needs, resolved from the config (see `settings`).
+#[derive(Clone, Debug)]
+pub struct ForwardRuntime {
+    pub listen: Vec<SocketAddr>,
+    pub backends: Vec<BackendSpec>,
+    pub prefer_local: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    pub eject_backoff: Duration,
+    pub eject_backoff_max: Duration,
+    pub splice: SpliceMode,
+    pub pipe_size: usize,
+    /// 1: accept and relay on the caller's runtime. N > 1: also on N-1 dedicated threads,
+    /// each with a single-threaded runtime and its own SO_REUSEPORT listener per address
+    /// (the kernel spreads connections; no task ever moves between threads).
+    pub threads: usize,
+    /// Active checks; `None` relies on passive ejection alone.
+    pub health: Option<HealthSpec>,
+}
+
+impl ForwardRuntime {
+    /// Defaults matching the config's, for `listen` → `backends`.
+    pub fn new(listen: Vec<SocketAddr>, backends: Vec<BackendSpec>) -> ForwardRuntime {
+        ForwardRuntime {
+            listen,
+            backends,
+            prefer_local: false,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(600),
+            max_connections: 20_000,
+            eject_backoff: Duration::from_secs(1),
+            eject_backoff_max: Duration::from_secs(30),
+            splice: SpliceMode::Auto,
+            pipe_size: 256 * 1024,
+            threads: 1,
+            health: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("no listen address configured")]
+    NoListener,
+    #[error("backend {addr}: {source}")]
+    Health {
+        addr: SocketAddr,
+        source: HealthError,
+    },
+    #[error("max_connections must be 1 or more")]
+    NoCapacity,
+}
+
+/// Forwarder-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ForwardTotals {
+    pub open: u64,
+    pub accepted: u64,
+    /// Clients closed because every backend refused or timed out.
+    pub refused: u64,
+    /// Connects retried on another backend after a failure.
+    pub retries: u64,
+    pub idle_closed: u64,
+}
+
+struct Settings {
+    prefer_local: bool,
+    connect_timeout: Duration,
+    eject_backoff: Duration,
+    eject_backoff_max: Duration,
+    relay: RelayOpts,
+}
+
+struct Shared {
+    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    health: Mutex<Option<HealthSpec>>,
+    settings: Settings,
+    rr: AtomicUsize,
+    permits: Arc<Semaphore>,
+    max: u32,
+    switches: drain::Switches,
+    /// Connections being served (the permits also count accept loops waiting for one).
+    open: Arc<AtomicUsize>,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    retries: AtomicU64,
+    idle_closed: AtomicU64,
+}
+
+pub struct Forwarder;
+
+/// A running forwarder. Dropping it does not stop it: call [`ForwarderHandle::drain`].
+#[derive(Clone)]
+pub struct ForwarderHandle {
+    shared: Arc<Shared>,
+    local: Vec<SocketAddr>,
+}
+
+impl Forwarder {
+    /// Binds every listen address and starts accepting on the current tokio runtime.
+    /// Fails without side effects if any address cannot be bound.
+    pub async fn start(rt: ForwardRuntime) -> Result<ForwarderHandle, ForwardError> {
+        if rt.listen.is_empty() {
+            return Err(ForwardError::NoListener);
+        }
+        if rt.max_connections == 0 {
+            return Err(ForwardError::NoCapacity);
+        }
+        let threads = rt.threads.max(1);
+        let mut listeners: Vec<TcpListener> = Vec::new();
+        // For each dedicated thread: its own listener per address.
+        let mut extra: Vec<Vec<std::net::TcpListener>> = (1..threads).map(|_| Vec::new()).collect();
+        let mut local = Vec::new();
+        for addr in &rt.listen {
+            let bind_err = |addr: SocketAddr| move |source| ForwardError::Bind { addr, source };
+            let first = listener::bind(*addr, threads > 1).map_err(bind_err(*addr))?;
+            // With port 0 the siblings must share the port the kernel picked.
+            let bound = first.local_addr().map_err(bind_err(*addr))?;
+            listeners.push(first);
+            for set in extra.iter_mut() {
+                set.push(listener::bind_std(bound, true).map_err(bind_err(bound))?);
+            }
+            local.push(bound);
+        }
+        let backends = build_backends(&rt.backends, rt.health.as_ref(), &[])?;
+        let shared = Arc::new(Shared {
+            backends: RwLock::new(Arc::new(backends)),
+            health: Mutex::new(rt.health.clone()),
+            settings: Settings {
+                prefer_local: rt.prefer_local,
+                connect_timeout: rt.connect_timeout,
+                eject_backoff: rt.eject_backoff,
+                eject_backoff_max: rt.eject_backoff_max,
+                relay: RelayOpts {
+                    idle: rt.idle_timeout,
+                    splice: rt.splice,
+                    pipe_size: rt.pipe_size,
+                },
+            },
+            rr: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(rt.max_connections as usize)),
+            max: rt.max_connections,
+            switches: drain::Switches::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+        });
+        for l in listeners {
+            tokio::spawn(accept_loop(shared.clone(), l));
+        }
+        for (i, set) in extra.into_iter().enumerate() {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("apivip-fwd-{}", i + 1))
+                .spawn(move || dedicated_thread(shared, set));
+            if let Err(e) = spawned {
+                // The listeners of that thread close with it; the others carry the load.
+                tracing::error!(target: "apivip::forward", error = %e, "cannot start a forwarder thread");
+            }
+        }
+        tracing::info!(
+            target: "apivip::forward",
+            listen = ?local,
+            backends = ?rt.backends.iter().map(|b| b.address).collect::<Vec<_>>(),
+            "forwarder started"
+        );
+        Ok(ForwarderHandle { shared, local })
+    }
+}
+
+impl ForwarderHandle {
+    /// The bound addresses (with the real port where 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    /// Per-backend counters and health, in configured order.
+    pub fn snapshot(&self) -> Vec<BackendStats> {
+        self.current().iter().map(|b| b.stats()).collect()
+    }
+
+    pub fn totals(&self) -> ForwardTotals {
+        let s = &self.shared;
+        ForwardTotals {
+            open: s.open.load(Ordering::Relaxed) as u64,
+            accepted: s.accepted.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
+            idle_closed: s.idle_closed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Replaces the backend list (SIGHUP reload, a peer replaced). Backends whose spec is
+    /// unchanged keep their counters, health and ejection; open connections to removed
+    /// ones run on. `health` replaces the check spec when given. Must be called within the
+    /// tokio runtime (it starts probers).
+    pub fn update_backends(
+        &self,
+        specs: Vec<BackendSpec>,
+        health: Option<Option<HealthSpec>>,
+    ) -> Result<(), ForwardError> {
+        let mut current_health = self
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let keep: Vec<Arc<Backend>> = match &health {
+            Some(h) if h != &*current_health => Vec::new(),
+            _ => self.current().iter().cloned().collect(),
+        };
+        let new_health = health.unwrap_or_else(|| current_health.clone());
+        let list = build_backends(&specs, new_health.as_ref(), &keep)?;
+        *current_health = new_health;
+        let mut w = self
+            .shared
+            .backends
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *w = Arc::new(list);
+        tracing::info!(
+            target: "apivip::forward",
+            backends = ?specs.iter().map(|b| b.address).collect::<Vec<_>>(),
+            "backends updated"
+        );
+        Ok(())
+    }
+
+    /// Stops accepting, waits up to `deadline` for open connections to finish, then
+    /// closes the rest.
+    pub async fn drain(&self, deadline: Duration) -> DrainReport {
+        let s = &self.shared;
+        let r = drain::drain(&s.switches, &s.permits, s.max, &s.open, deadline).await;
+        tracing::info!(
+            target: "apivip::forward",
+            open = r.open_at_start,
+            forced = r.forced,
+            took_ms = r.took_ms,
+            "forwarder drained"
+        );
+        r
+    }
+
+    fn current(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.shared.current()
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+fn build_backends(
+    specs: &[BackendSpec],
+    health: Option<&HealthSpec>,
+    keep: &[Arc<Backend>],
+) -> Result<Vec<Arc<Backend>>, ForwardError> {
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if let Some(b) = keep.iter().find(|b| &b.spec == spec) {
+            out.push(b.clone());
+            continue;
+        }
+        let probe = match health {
+            Some(h) => Some(Prober::spawn(spec.address, h.clone()).map_err(|source| {
+                ForwardError::Health {
+                    addr: spec.address,
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        out.push(Arc::new(Backend::new(spec.clone(), probe)));
+    }
+    Ok(out)
+}
+
+fn dedicated_thread(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(target: "apivip::forward", error = %e, "cannot start a forwarder thread's runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::spawn(accept_loop(shared.clone(), l));
+                }
+                Err(e) => {
+                    tracing::error!(target: "apivip::forward", error = %e, "cannot adopt a listener")
+                }
+            }
+        }
+        let mut finished = shared.switches.finished.subscribe();
+        switched_on(&mut finished).await;
+    });
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut stop = shared.switches.stop_accepting.subscribe();
+    loop {
+        // Take the permit first: over the cap, connections wait in the kernel backlog
+        // (as with haproxy's maxconn) instead of being accepted and dropped.
+        let permit = tokio::select! {
+            _ = switched_on(&mut stop) => return,
+            p = shared.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let sock = tokio::select! {
+            _ = switched_on(&mut stop) => return,
+            r = listener.accept() => match r {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning on the error.
+                    tracing::warn!(target: "apivip::forward", error = %e, "accept failed");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(serve(shared.clone(), sock, permit));
+    }
+}
+
+/// Resolves once the switch is on. The watch guard is dropped inside, so callers stay Send.
+async fn switched_on(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|on| *on).await;
+}
+
+async fn serve(shared: Arc<Shared>, client: TcpStream, _permit: OwnedSemaphorePermit) {
+    let _open = drain::OpenGuard::new(shared.open.clone());
+    let mut force: watch::Receiver<bool> = shared.switches.force_close.subscribe();
+    tokio::select! {
+        biased;
+        _ = switched_on(&mut force) => {}
+        _ = connect_and_relay(&shared, client) => {}
+    }
+}
+
+async fn connect_and_relay(shared: &Shared, client: TcpStream) {
+    let s = &shared.settings;
+    let order = pool::order(&shared.current(), s.prefer_local, &shared.rr);
+    let mut tried = 0;
+    for b in order {
+        if tried > 0 {
+            shared.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        tried += 1;
+        let guard = ActiveGuard::new(b);
+        let addr = guard.0.spec.address;
+        let upstream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await
+        {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "apivip::forward", backend = %addr, error = %e, "connect failed");
+                guard.0.failed(s.eject_backoff, s.eject_backoff_max);
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(target: "apivip::forward", backend = %addr, "connect timed out");
+                guard.0.failed(s.eject_backoff, s.eject_backoff_max);
+                continue;
+            }
+        };
+        guard.0.connected();
+        let _ = upstream.set_nodelay(true);
+        let out = relay::relay(
+            &client,
+            &upstream,
+            s.relay,
+            relay::Counters {
+                up: &guard.0.bytes_in,
+                down: &guard.0.bytes_out,
+            },
+        )
+        .await;
+        match out.end {
+            End::Idle => {
+                shared.idle_closed.fetch_add(1, Ordering::Relaxed);
+            }
+            End::Error(Side::Backend, e) if out.down == 0 => {
+                // A reset before the backend said anything: it accepted and died (an
+                // apiserver shutting down). Too late to retry this client, but the next
+                // ones should go elsewhere.
+                tracing::debug!(target: "apivip::forward", backend = %addr, error = %e, "backend reset");
+                guard.0.failed(s.eject_backoff, s.eject_backoff_max);
+            }
+            _ => {}
+        }
+        return;
+    }
+    shared.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(target: "apivip::forward", tried, "no backend accepted the connection");
+}

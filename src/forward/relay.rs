@@ -1,0 +1,308 @@
+//! Moves bytes both ways between a client and a backend until both sides are done.
+//!
+//! Each direction is a pump that ends at EOF by half-closing the other side
+//! (`shutdown(SHUT_WR)`), so a client that sends its request and then shuts down its
+//! write side still gets the whole answer. The relay ends when both pumps have ended, on
+//! the first error, or after `idle` with no byte either way.
+//!
+//! A pump holds no buffer while it waits for data: buffers come from a per-thread pool
+//! only for the read → write step, so 10,000 idle watch connections cost no buffer
+//! memory. Bulk transfers move to splice(2) (see `SpliceMode`).
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::SpliceMode;
+use super::pool::now_ms;
+use super::splice::Pipe;
+
+/// Big enough for the apiserver's typical answers in one read, small enough that the
+/// pool stays small; bulk data goes through splice instead.
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
+const BUF_POOL_MAX: usize = 256;
+
+thread_local! {
+    static BUFS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> Box<[u8]> {
+    BUFS.with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn give_buf(buf: Box<[u8]>) {
+    BUFS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < BUF_POOL_MAX {
+            b.push(buf);
+        }
+    });
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RelayOpts {
+    pub idle: Duration,
+    pub splice: SpliceMode,
+    pub pipe_size: usize,
+}
+
+/// Which socket an error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Backend,
+}
+
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Both directions reached EOF.
+    Done,
+    Idle,
+    Error(Side, io::Error),
+}
+
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// Bytes backend → client.
+    pub down: u64,
+    pub end: End,
+}
+
+/// Counters the pumps add to as bytes move (the backend's, for live stats).
+pub(crate) struct Counters<'a> {
+    pub up: &'a AtomicU64,
+    pub down: &'a AtomicU64,
+}
+
+pub(crate) async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    opts: RelayOpts,
+    counters: Counters<'_>,
+) -> Outcome {
+    let last = AtomicU64::new(now_ms());
+    let down_total = AtomicU64::new(0);
+    let up = pump(
+        client,
+        backend,
+        Side::Client,
+        opts,
+        counters.up,
+        &last,
+        None,
+    );
+    let down = pump(
+        backend,
+        client,
+        Side::Backend,
+        opts,
+        counters.down,
+        &last,
+        Some(&down_total),
+    );
+    let end = tokio::select! {
+        r = async { tokio::try_join!(up, down) } => match r {
+            Ok(_) => End::Done,
+            Err((side, e)) => End::Error(side, e),
+        },
+        _ = idle(&last, opts.idle) => End::Idle,
+    };
+    Outcome {
+        down: down_total.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+async fn idle(last: &AtomicU64, limit: Duration) {
+    let limit = limit.as_millis() as u64;
+    loop {
+        let deadline = last.load(Ordering::Relaxed) + limit;
+        let now = now_ms();
+        if now >= deadline {
+            return;
+        }
+        // Sleeping to the deadline seen now and re-checking costs one timer per idle
+        // period instead of a timer reset per read.
+        tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+    }
+}
+
+enum Path {
+    Copy,
+    Splice(Pipe),
+}
+
+type PumpResult = Result<u64, (Side, io::Error)>;
+
+/// Moves `src` → `dst` until EOF on `src`, then half-closes `dst`.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    src_side: Side,
+    opts: RelayOpts,
+    counter: &AtomicU64,
+    last: &AtomicU64,
+    total_out: Option<&AtomicU64>,
+) -> PumpResult {
+    let dst_side = match src_side {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    };
+    let mut total = 0u64;
+    let mut path = match opts.splice {
+        SpliceMode::On => Pipe::take(opts.pipe_size).map_or(Path::Copy, Path::Splice),
+        _ => Path::Copy,
+    };
+    let mut spliced_once = false;
+    let result = loop {
+        let n = match &path {
+            Path::Copy => match copy_once(src, dst, src_side, dst_side).await {
+                Ok((n, full)) => {
+                    if full
+                        && opts.splice == SpliceMode::Auto
+                        && let Ok(p) = Pipe::take(opts.pipe_size)
+                    {
+                        path = Path::Splice(p);
+                    }
+                    n
+                }
+                Err(e) => break Err(e),
+            },
+            Path::Splice(pipe) => match splice_once(src, dst, pipe, src_side, dst_side).await {
+                Ok(n) => {
+                    spliced_once = true;
+                    n
+                }
+                // The kernel cannot splice this pair (never for TCP on Linux, but a
+                // seccomp filter or an odd kernel might say so): copy instead.
+                Err((_, e))
+                    if !spliced_once
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) =>
+                {
+                    if let Path::Splice(p) = std::mem::replace(&mut path, Path::Copy) {
+                        p.give(true);
+                    }
+                    continue;
+                }
+                Err(e) => break Err(e),
+            },
+        };
+        if n == 0 {
+            // ENOTCONN when the peer already reset: nothing left to tell it.
+            let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+            break Ok(total);
+        }
+        total += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(t) = total_out {
+            t.store(total, Ordering::Relaxed);
+        }
+        last.store(now_ms(), Ordering::Relaxed);
+    };
+    if let Path::Splice(p) = path {
+        // After an error the pipe may still hold bytes; only a clean end leaves it empty.
+        p.give(result.is_ok());
+    }
+    result
+}
+
+/// One read and the writes that pass it on; (bytes, whether the read filled the buffer).
+async fn copy_once(
+    src: &TcpStream,
+    dst: &TcpStream,
+    src_side: Side,
+    dst_side: Side,
+) -> Result<(usize, bool), (Side, io::Error)> {
+    loop {
+        let ready = src
+            .ready(Interest::READABLE)
+            .await
+            .map_err(|e| (src_side, e))?;
+        let mut buf = take_buf();
+        let mut got = None;
+        // A read shorter than the buffer almost always emptied the socket. Reporting it
+        // as WouldBlock makes tokio clear the readiness now, which saves the read that
+        // would only return EAGAIN (one syscall in three on request/response traffic);
+        // data that arrives later is a new epoll edge, so nothing is missed. Not when the
+        // peer's FIN is already known: that edge has passed, so read on to see the EOF.
+        let r = src.try_io(Interest::READABLE, || {
+            let n = socket2::SockRef::from(src).recv(as_uninit(&mut buf))?;
+            got = Some(n);
+            if n > 0 && n < buf.len() && !ready.is_read_closed() {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        let n = match (r, got) {
+            (Ok(n), _) => n,
+            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => n,
+            (Err(e), _) if e.kind() == io::ErrorKind::WouldBlock => {
+                give_buf(buf);
+                continue;
+            }
+            (Err(e), _) => {
+                give_buf(buf);
+                return Err((src_side, e));
+            }
+        };
+        if n > 0 {
+            write_all(dst, &buf[..n]).await.map_err(|e| (dst_side, e))?;
+        }
+        let full = n == buf.len();
+        give_buf(buf);
+        return Ok((n, full));
+    }
+}
+
+fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: an initialised byte is a valid MaybeUninit<u8>, and recv only writes.
+    unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Fills the (empty) pipe from `src` once and drains it fully into `dst`.
+async fn splice_once(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    src_side: Side,
+    dst_side: Side,
+) -> Result<usize, (Side, io::Error)> {
+    let n = loop {
+        src.readable().await.map_err(|e| (src_side, e))?;
+        match src.try_io(Interest::READABLE, || pipe.fill(src.as_raw_fd(), pipe.size)) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err((src_side, e)),
+        }
+    };
+    let mut left = n;
+    while left > 0 {
+        match dst.try_io(Interest::WRITABLE, || pipe.drain(dst.as_raw_fd(), left)) {
+            Ok(m) => left -= m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                dst.writable().await.map_err(|e| (dst_side, e))?
+            }
+            Err(e) => return Err((dst_side, e)),
+        }
+    }
+    Ok(n)
+}
