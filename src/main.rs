@@ -246,16 +246,21 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
     let cfg = &loaded.config;
-    let Some(_vip_cfg) = cfg.vip.as_ref() else {
-        anyhow::bail!("no vip configured: proxy-only mode is not available in this build");
-    };
     let vip = match &args.fake_vip_dir {
         Some(dir) => daemon::marker_vip(dir.clone(), cfg),
         None => daemon::kernel_vip(cfg).await?,
     };
-    let (_health_tx, health) = tokio::sync::watch::channel(true);
+    let (health, _prober) = daemon::apiserver::local_health(&cfg.health)?;
     let metrics = apivip::metrics::Metrics::new();
     let readiness = apivip::metrics::Readiness::new();
+    // The forwarder binds the VIP before it is here (IP_FREEBIND), so it is ready at once.
+    let forwarder = if cfg.forward.enabled {
+        let f = apivip::forward::Forwarder::start(apivip::forward::settings::runtime(cfg)).await?;
+        tracing::info!(listen = ?f.local_addrs(), "forwarder listening");
+        Some(std::sync::Arc::new(f))
+    } else {
+        None
+    };
     readiness.set_forwarder_listening(true);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = apivip::metrics::serve_configured(
@@ -270,14 +275,20 @@ async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
     if let Some(s) = &server {
         tracing::info!(address = %s.local_addr, "serving /metrics, /healthz and /readyz");
     }
+    let drain_timeout = cfg.forward.drain_timeout;
     let setup = daemon::Setup {
         sources: args.config.sources(),
         vip,
         health,
         metrics,
         readiness,
+        forwarder: forwarder.clone(),
     };
     let r = daemon::run(loaded, setup).await;
+    // The VIP has moved on; connections still open through this node finish first.
+    if let Some(f) = forwarder {
+        f.drain(drain_timeout).await;
+    }
     let _ = stop_tx.send(());
     r
 }

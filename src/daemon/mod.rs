@@ -2,6 +2,7 @@
 //! timers, VIP outcomes, health, control requests and signals, and carries out what it
 //! answers. Every decision is the state machine's; this module only does I/O.
 
+pub mod apiserver;
 pub mod clock;
 pub mod vipctl;
 
@@ -23,8 +24,9 @@ use crate::config::{Config, Loaded, Quorum, Sources};
 use crate::control::{
     self, Call, DrillReport, PeerReport, Request, Response, StatusReport, VipReport,
 };
+use crate::forward::ForwarderHandle;
 use crate::heartbeat::{self, Inbound, Transport};
-use crate::metrics::{Metrics, Readiness};
+use crate::metrics::{BackendSample, Metrics, Readiness};
 use crate::state::Store;
 use clock::Clock;
 use vipctl::{VipDone, VipOp};
@@ -60,6 +62,8 @@ pub struct Setup {
     pub health: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// The embedded forwarder, when it runs on this node.
+    pub forwarder: Option<Arc<ForwarderHandle>>,
 }
 
 /// Reads the key file, naming it in every error.
@@ -124,6 +128,7 @@ struct Daemon {
     /// must never leave).
     persist_broken: bool,
     metrics: Arc<Metrics>,
+    forwarder: Option<Arc<ForwarderHandle>>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -191,6 +196,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
         shutdown_ready: false,
         persist_broken: false,
         metrics: setup.metrics,
+        forwarder: setup.forwarder,
     };
     d.metrics.set_peers(
         &d.cfg
@@ -231,6 +237,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
                     d.handle(Event::Timer);
                 }
                 d.expire_drill(now);
+                d.sample_backends();
             }
             Some(done) = vip_done.recv() => match done {
                 VipDone::Applied { ok } => {
@@ -303,6 +310,25 @@ impl Daemon {
             wake = wake.min(self.clock.until(s + SHUTDOWN_HANDOVER));
         }
         wake
+    }
+
+    /// Copies the forwarder's counters into the metrics (cheap: a few atomics per backend).
+    fn sample_backends(&self) {
+        let Some(f) = &self.forwarder else { return };
+        let samples: Vec<BackendSample> = f
+            .snapshot()
+            .into_iter()
+            .map(|b| BackendSample {
+                name: b.address.to_string(),
+                active: b.active,
+                total: b.total,
+                failures: b.failures,
+                bytes_in: b.bytes_in,
+                bytes_out: b.bytes_out,
+                healthy: b.health == crate::forward::BackendHealth::Healthy,
+            })
+            .collect();
+        self.metrics.update_backends(&samples);
     }
 
     fn handle(&mut self, ev: Event) {
@@ -569,6 +595,12 @@ impl Daemon {
         }
         let node_cfg = node_config(&new)?;
         let keys = load_keys(&new.key_file)?;
+        if let Some(f) = &self.forwarder {
+            let health = crate::forward::settings::health(&new);
+            let change = (health != crate::forward::settings::health(&self.cfg)).then_some(health);
+            f.update_backends(crate::forward::settings::backends(&new), change)
+                .map_err(|e| anyhow!("forward: {e}"))?;
+        }
         self.transport.reconfigure(peer_addrs(&new), keys);
         self.cfg = new;
         self.metrics.set_peers(
@@ -632,7 +664,16 @@ impl Daemon {
             non_members: st.non_members_heard,
             heartbeats: self.transport.stats().clone(),
             last_failover_ms: self.last_failover_ms,
-            backends: Vec::new(),
+            backends: self
+                .forwarder
+                .as_ref()
+                .map(|f| {
+                    f.snapshot()
+                        .iter()
+                        .filter_map(|b| serde_json::to_value(b).ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

@@ -79,7 +79,7 @@ impl Cluster {
         let text = format!(
             "cluster = \"loopback\"\nnode_id = {id}\nport = {port}\nkey_file = \"{key}\"\nstate_dir = \"{state}\"\n\
              [vip]\naddress = \"192.0.2.100/32\"\ninterface = \"lo\"\n[health]\ncheck = \"none\"\n\
-             [control]\nsocket = \"{sock}\"\n[metrics]\naddress = \"\"\n{extra}\n{peers}",
+             [control]\nsocket = \"{sock}\"\n[metrics]\naddress = \"\"\n[forward]\nenabled = false\n{extra}\n{peers}",
             port = self.port,
             key = d.join("key").display(),
             state = d.join(format!("n{id}/state")).display(),
