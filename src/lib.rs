@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod netns;
 pub mod standin;
 pub mod state;
+pub mod testbed;
 pub mod vip;

@@ -251,7 +251,11 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
             },
             Some(ev) = vip_events.recv() => match ev {
                 VipEvent::Removed => {
-                    tracing::warn!("the VIP was removed from the kernel by someone else (or its lifetime ran out)");
+                    // Our own releases show up here too; only a VIP we believe held is news.
+                    let vip = d.node.status(d.clock.now()).vip;
+                    if matches!(vip, VipState::Held | VipState::Claiming) {
+                        tracing::warn!("the VIP was removed from the kernel by someone else (or its lifetime ran out): putting it back while the lease holds");
+                    }
                     d.handle(Event::VipLost);
                 }
                 VipEvent::LinkDown => {

@@ -1,0 +1,45 @@
+//! First real-kernel check of the whole daemon: three nodes elect, the client reaches the
+//! VIP, a drill moves it. The full scenario list lives in netns-tests/scenarios.rs.
+
+use std::time::Duration;
+
+use apivip::netns::require_root;
+use apivip::testbed::{Testbed, TestbedSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_apivip");
+
+#[test]
+fn elect_serve_and_drill() {
+    if !require_root("elect_serve_and_drill") {
+        return;
+    }
+    let mut tb = Testbed::build(TestbedSpec::default(), BIN.as_ref()).expect("testbed");
+    tb.start_all().expect("start");
+    let (holder, took) = tb
+        .wait_holder(None, Duration::from_secs(10))
+        .expect("a holder");
+    println!("node {} holds after {took:?}", holder + 1);
+    let (name, _) = tb
+        .wait_client_served(None, Duration::from_secs(3))
+        .expect("served");
+    assert_eq!(name, format!("node-{}", holder + 1));
+    let out = tb.cli(holder, &["drill", "--json"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tb.logs()
+    );
+    println!("drill: {}", String::from_utf8_lossy(&out.stdout));
+    let (next, _) = tb
+        .wait_holder(Some(holder), Duration::from_secs(2))
+        .expect("moved");
+    let (name, took) = tb
+        .wait_client_served(
+            Some(&format!("node-{}", holder + 1)),
+            Duration::from_secs(3),
+        )
+        .expect("served by the new holder");
+    assert_eq!(name, format!("node-{}", next + 1));
+    println!("client served by {name} {took:?} after the move");
+}
