@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use apivip_proto::election::{
     Action, Admin, Event, Member, Node, NodeConfig, Notice, Quorum as ElQuorum, RoleName, Rules,
+    VipState,
 };
 use apivip_proto::wire::ClusterId;
 use apivip_proto::{Codec, Instant, Keyring};
