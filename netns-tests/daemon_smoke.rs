@@ -43,3 +43,41 @@ fn elect_serve_and_drill() {
     assert_eq!(name, format!("node-{}", next + 1));
     println!("client served by {name} {took:?} after the move");
 }
+
+/// The README's first command: `apivip demo` runs, prints its summary and leaves no
+/// namespace behind.
+#[test]
+fn demo_runs_and_cleans_up() {
+    if !require_root("demo_runs_and_cleans_up") {
+        return;
+    }
+    let out = std::process::Command::new(BIN)
+        .arg("demo")
+        .output()
+        .expect("apivip demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "1. election: node",
+        "2. `apivip drill`",
+        "3. SIGKILL",
+        "summary",
+        "failover after SIGKILL",
+    ] {
+        assert!(text.contains(want), "demo output lacks {want:?}:\n{text}");
+    }
+    println!("{text}");
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let me = format!("avt{}x", std::process::id());
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains(&me),
+        "demo left namespaces"
+    );
+}

@@ -4,6 +4,7 @@ pub mod announce;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod doctor;
 pub mod duration;
 pub mod forward;

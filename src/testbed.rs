@@ -50,13 +50,14 @@ struct Member {
     _whoami: Option<NsChild>,
 }
 
+/// Fields drop in order: processes first, then the probe, then the namespaces.
 pub struct Testbed {
+    members: Vec<Member>,
+    probe: AddrProbe,
     pub topo: Topology,
     pub spec: TestbedSpec,
     dir: tempfile::TempDir,
     bin: PathBuf,
-    probe: AddrProbe,
-    members: Vec<Member>,
 }
 
 impl Testbed {
@@ -147,7 +148,8 @@ impl Testbed {
         std::fs::create_dir_all(self.dir.path().join(format!("n{}", i + 1)))?;
         let name = format!("node-{}", i + 1);
         let any = if self.spec.ipv6 { "[::]" } else { "0.0.0.0" };
-        let mut tls = Command::new(&self.bin);
+        let bin = self.bin.to_string_lossy().into_owned();
+        let mut tls = node.command(&bin);
         tls.args([
             "standin",
             "--listen",
@@ -161,8 +163,8 @@ impl Testbed {
         .arg(self.unready_file(i))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        let tls = node.spawn(&mut tls)?;
-        let mut plain = Command::new(&self.bin);
+        let tls = spawn(&mut tls)?;
+        let mut plain = node.command(&bin);
         plain
             .args([
                 "standin",
@@ -174,7 +176,7 @@ impl Testbed {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let plain = node.spawn(&mut plain)?;
+        let plain = spawn(&mut plain)?;
         Ok((tls, plain))
     }
 
@@ -227,13 +229,13 @@ impl Testbed {
             .append(true)
             .open(self.log_path(i))
             .context("log file")?;
-        let mut c = Command::new(&self.bin);
+        let mut c = self.topo.node(i).command(&self.bin.to_string_lossy());
         c.args(["run", "--config"])
             .arg(self.config_path(i))
             .env("APIVIP_LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(log);
-        let child = self.topo.node(i).spawn(&mut c)?;
+        let child = spawn(&mut c)?;
         self.members[i].daemon = Some(child);
         Ok(())
     }
@@ -390,6 +392,15 @@ impl Testbed {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Spawns a command built by `Node::command` (which runs it inside the namespace), with
+/// the stdio it was given: logs go to their files, not the terminal.
+fn spawn(c: &mut Command) -> Result<NsChild> {
+    c.stdin(Stdio::null());
+    Ok(NsChild(
+        c.spawn().with_context(|| format!("cannot start {c:?}"))?,
+    ))
 }
 
 fn tail(s: &str, n: usize) -> String {
