@@ -245,7 +245,14 @@ impl Node {
     }
 
     /// Starts `cmd` inside the namespace; the child is killed when the handle drops.
+    /// Its stdout and stderr are the caller's (a `Command`'s stdio cannot be read back:
+    /// use [`Node::spawn_io`] to redirect them).
     pub fn spawn(&self, cmd: &mut Command) -> Result<NsChild> {
+        self.spawn_io(cmd, Stdio::inherit(), Stdio::inherit())
+    }
+
+    /// [`Node::spawn`] with the child's stdout and stderr going to `stdout` and `stderr`.
+    pub fn spawn_io(&self, cmd: &mut Command, stdout: Stdio, stderr: Stdio) -> Result<NsChild> {
         let program = cmd
             .get_program()
             .to_str()
@@ -261,7 +268,7 @@ impl Node {
                 None => c.env_remove(k),
             };
         }
-        c.stdin(Stdio::null());
+        c.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         c.spawn().map(NsChild).map_err(|e| NetnsError::Command {
             command: format!("{c:?}"),
             detail: e.to_string(),

@@ -29,6 +29,8 @@ pub struct TestbedSpec {
     pub extra: String,
     /// Members known to node i (1-based ids) at start; None = all nodes.
     pub members: Option<Vec<Vec<usize>>>,
+    /// Extra TOML lines inside every node's `[election]` table (e.g. `preempt = false`).
+    pub election_extra: String,
 }
 
 impl Default for TestbedSpec {
@@ -40,6 +42,7 @@ impl Default for TestbedSpec {
             placement: "auto".into(),
             extra: String::new(),
             members: None,
+            election_extra: String::new(),
         }
     }
 }
@@ -158,23 +161,18 @@ impl Testbed {
             &self.vip().to_string(),
         ])
         .arg("--unready-file")
-        .arg(self.unready_file(i))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let tls = node.spawn(&mut tls)?;
+        .arg(self.unready_file(i));
+        let tls = node.spawn_io(&mut tls, Stdio::null(), Stdio::null())?;
         let mut plain = Command::new(&self.bin);
-        plain
-            .args([
-                "standin",
-                "--plain",
-                "--listen",
-                &format!("{any}:{WHOAMI_PORT}"),
-                "--name",
-                &name,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let plain = node.spawn(&mut plain)?;
+        plain.args([
+            "standin",
+            "--plain",
+            "--listen",
+            &format!("{any}:{WHOAMI_PORT}"),
+            "--name",
+            &name,
+        ]);
+        let plain = node.spawn_io(&mut plain, Stdio::null(), Stdio::null())?;
         Ok((tls, plain))
     }
 
@@ -203,7 +201,7 @@ impl Testbed {
         let text = format!(
             "cluster = \"testbed\"\nnode_id = {id}\nkey_file = \"{key}\"\nstate_dir = \"{state}\"\n\n\
              [vip]\naddress = \"{vip}/{prefix}\"\ninterface = \"{iface}\"\nplacement = \"{placement}\"\n\n\
-             [election]\nprofile = \"{profile}\"\n\n\
+             [election]\nprofile = \"{profile}\"\n{election_extra}\n\n\
              [health]\ncheck = \"https\"\nurl = \"https://{local}/readyz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n\n\
              [control]\nsocket = \"{sock}\"\n\n[metrics]\naddress = \"\"\n\n{extra}\n{peers}",
             id = i + 1,
@@ -216,6 +214,7 @@ impl Testbed {
             local = SocketAddr::new(self.addr(i), 6443),
             sock = self.socket(i).display(),
             extra = self.spec.extra,
+            election_extra = self.spec.election_extra,
         );
         std::fs::write(self.config_path(i), text).context("config file")
     }
@@ -230,10 +229,11 @@ impl Testbed {
         let mut c = Command::new(&self.bin);
         c.args(["run", "--config"])
             .arg(self.config_path(i))
-            .env("APIVIP_LOG_LEVEL", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = self.topo.node(i).spawn(&mut c)?;
+            .env("APIVIP_LOG_LEVEL", "info");
+        let child = self
+            .topo
+            .node(i)
+            .spawn_io(&mut c, Stdio::null(), Stdio::from(log))?;
         self.members[i].daemon = Some(child);
         Ok(())
     }
