@@ -17,7 +17,7 @@ fn v6_s1_elect_and_serve() {
 #[test]
 fn v6_s2_sigkill_failover() {
     if require_root("v6_s2_sigkill_failover") {
-        sigkill(true);
+        sigkill(true, 0);
     }
 }
 
