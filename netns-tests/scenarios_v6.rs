@@ -22,6 +22,35 @@ fn v6_s2_sigkill_failover() {
 }
 
 #[test]
+fn v6_s3_link_down() {
+    if require_root("v6_s3_link_down") {
+        link_down(true);
+    }
+}
+
+#[test]
+fn v6_s4_apiserver_unready() {
+    if require_root("v6_s4_apiserver_unready") {
+        apiserver_unready(true);
+    }
+}
+
+#[test]
+fn v6_s5_partition_holder_from_peers() {
+    if require_root("v6_s5_partition_holder_from_peers") {
+        partition_holder(true);
+    }
+}
+
+/// The default profile's frozen-leader bound holds for IPv6 lifetimes too.
+#[test]
+fn v6_s6_sigstop_default_profile() {
+    if require_root("v6_s6_sigstop_default_profile") {
+        frozen(true, "default", DEFAULT_FROZEN_BOUND);
+    }
+}
+
+#[test]
 fn v6_s7_drill_and_sigterm() {
     if require_root("v6_s7_drill_and_sigterm") {
         drill_and_sigterm(true);

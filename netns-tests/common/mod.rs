@@ -333,6 +333,228 @@ pub fn sigkill(ipv6: bool, loss_pct: u8) {
     }
 }
 
+/// Scenario 3: the holder's link goes down: another node takes over, never two holders.
+pub fn link_down(ipv6: bool) {
+    let (tb, h) = up(spec(ipv6));
+    let mut w = Watch::default();
+    let t0 = Instant::now();
+    tb.topo.node(h).link_down().unwrap();
+    let kernel = w.until(
+        &tb,
+        Duration::from_secs(5),
+        "a new holder after link down",
+        |hs| matches!(hs, [one] if *one != h),
+    );
+    let (who, served) = served_by_other(&tb, h, t0, Duration::from_secs(5));
+    w.run_for(&tb, Duration::from_millis(300));
+    println!(
+        "link down on node {}: new holder in kernel after {:.0} ms, client served by {who} after {:.0} ms; dual-holder samples {}",
+        h + 1,
+        ms(kernel),
+        ms(served),
+        w.dual
+    );
+    assert_eq!(w.dual, 0, "{w:?}\n{}", tb.logs());
+    assert!(!w.last.contains(&h), "{w:?}\n{}", tb.logs());
+}
+
+/// Scenario 4: the holder's apiserver turns unready: it hands the VIP over.
+pub fn apiserver_unready(ipv6: bool) {
+    let (tb, h) = up(spec(ipv6));
+    let mut w = Watch::default();
+    let t0 = Instant::now();
+    tb.set_unready(h, true).unwrap();
+    let kernel = w.until(
+        &tb,
+        Duration::from_secs(5),
+        "a new holder after unready",
+        |hs| matches!(hs, [one] if *one != h),
+    );
+    let (who, served) = served_by_other(&tb, h, t0, Duration::from_secs(5));
+    w.run_for(&tb, Duration::from_millis(300));
+    println!(
+        "apiserver of node {} unready: new holder in kernel after {:.0} ms, client served by {who} after {:.0} ms (health check: 200 ms interval, fall 2); dual-holder samples {}, gaps {}",
+        h + 1,
+        ms(kernel),
+        ms(served),
+        w.dual,
+        w.gaps
+    );
+    assert_eq!(w.dual, 0, "{w:?}\n{}", tb.logs());
+    assert_eq!(w.last.len(), 1, "{w:?}\n{}", tb.logs());
+    assert_ne!(w.last[0], h, "{w:?}\n{}", tb.logs());
+}
+
+/// Scenario 5: the holder is cut from its peers but not from the client for 5 s: never two
+/// holders, the client follows the VIP to the majority side, and after the heal it is served
+/// again within 1 s, also after the preferred node takes the VIP back (preemption).
+pub fn partition_holder(ipv6: bool) {
+    let (tb, h) = up(spec(ipv6));
+    let others: Vec<_> = (0..tb.spec.nodes)
+        .filter(|&i| i != h)
+        .map(|i| tb.addr(i))
+        .collect();
+    let mut w = Watch::default();
+    let t0 = Instant::now();
+    tb.topo.node(h).partition_from(&others).unwrap();
+    let mut moved = None;
+    let mut served_majority = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let hs = w.sample(&tb);
+        if moved.is_none()
+            && let [one] = hs[..]
+            && one != h
+        {
+            moved = Some(t0.elapsed());
+        }
+        if moved.is_some()
+            && served_majority.is_none()
+            && let Some(who) = whoami(&tb)
+            && who != name(h)
+        {
+            served_majority = Some((who, t0.elapsed()));
+        }
+        std::thread::sleep(POLL);
+    }
+    let during = (w.samples, w.dual, w.none);
+    let at_heal = whoami(&tb);
+    tb.topo.node(h).heal().unwrap();
+    let healed = Instant::now();
+    let (who, _) = tb
+        .wait_client_served(None, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("not served within 1 s of the heal: {e}"));
+    let served = healed.elapsed();
+    // The cut-off node was the preferred one: it takes the VIP back after the preemption
+    // delay (3 s), and the client must follow it there too.
+    let back = w.until(
+        &tb,
+        Duration::from_secs(6),
+        "the preferred node takes the VIP back after the heal",
+        |hs| hs == [h],
+    );
+    let back_at = Instant::now();
+    let (who_back, _) = tb
+        .wait_client_served(None, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("not served within 1 s of the preemption: {e}"));
+    let served_back = back_at.elapsed();
+    w.run_for(&tb, Duration::from_millis(300));
+    println!(
+        "partition of node {} from its peers for 5 s: {} samples, {} with two holders, {} with none; VIP moved after {}; client served by {:?}; at the heal the client was served by {at_heal:?}; after the heal by {who} within {:.0} ms; node {} took the VIP back {:.0} ms after the heal, client served by {who_back} {:.0} ms later; {} samples with two holders overall",
+        h + 1,
+        during.0,
+        during.1,
+        during.2,
+        moved.map_or("never".into(), |m| format!("{:.0} ms", ms(m))),
+        served_majority,
+        ms(served),
+        h + 1,
+        ms(back),
+        ms(served_back),
+        w.dual
+    );
+    assert_eq!(
+        w.dual,
+        0,
+        "two holders at some sample: {w:?}\n{}",
+        tb.logs()
+    );
+    assert!(
+        moved.is_some(),
+        "the majority side never took the VIP\n{}",
+        tb.logs()
+    );
+    assert!(
+        served_majority.is_some() && at_heal.as_deref().is_some_and(|n| n != name(h)),
+        "the client was not served by the majority side during the partition\n{}",
+        tb.logs()
+    );
+    assert!(served <= Duration::from_secs(1));
+    assert_eq!(who_back, name(h), "{}", tb.logs());
+    assert_eq!(w.last, vec![h], "{w:?}\n{}", tb.logs());
+}
+
+/// Scenario 6: SIGSTOP of the holder (VIP on the interface): the kernel lifetime removes its VIP;
+/// the overlap stays within the profile's frozen-leader bound. After SIGCONT it steps down.
+pub fn frozen(ipv6: bool, profile: &str, bound: Duration) {
+    let (mut tb, h) = up(TestbedSpec {
+        ipv6,
+        placement: "interface".into(),
+        profile: profile.into(),
+        election_extra: "preempt = false".into(),
+        ..TestbedSpec::default()
+    });
+    let mut w = Watch::default();
+    let t0 = Instant::now();
+    tb.signal(h, "STOP").unwrap();
+    let mut old_gone = None;
+    let mut new_holder = None;
+    while old_gone.is_none() || new_holder.is_none() {
+        let hs = w.sample(&tb);
+        if old_gone.is_none() && !hs.contains(&h) {
+            old_gone = Some(t0.elapsed());
+        }
+        if new_holder.is_none() && hs.iter().any(|&n| n != h) {
+            new_holder = Some(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let frozen_for = t0.elapsed();
+    w.run_for(&tb, Duration::from_millis(300));
+    tb.signal(h, "CONT").unwrap();
+    let cont = Instant::now();
+    let mut after = Watch::default();
+    after.run_for(&tb, Duration::from_millis(1500));
+    let st = tb.status(h).expect("status of the resumed node");
+    println!(
+        "SIGSTOP of node {} ({profile}, interface): its VIP gone after {}, new holder after {}, dual-holder {} samples = {:.0} ms (bound {:.0} ms); after SIGCONT ({:.0} ms frozen): {} samples with two holders, holders {:?}, resumed node is {}",
+        h + 1,
+        old_gone.map_or("never".into(), |d| format!("{:.0} ms", ms(d))),
+        new_holder.map_or("never".into(), |d| format!("{:.0} ms", ms(d))),
+        w.dual,
+        ms(w.dual_time()),
+        ms(bound),
+        ms(frozen_for),
+        after.dual,
+        after.last,
+        st["role"]
+    );
+    let _ = cont;
+    assert!(
+        old_gone.is_some(),
+        "the frozen node kept its VIP\n{}",
+        tb.logs()
+    );
+    assert!(new_holder.is_some(), "nobody took over\n{}", tb.logs());
+    assert!(
+        w.dual_time() <= bound,
+        "dual-holder {:?} > bound {bound:?}: {w:?}\n{}",
+        w.dual_time(),
+        tb.logs()
+    );
+    assert_eq!(
+        after.dual,
+        0,
+        "two holders after SIGCONT: {after:?}\n{}",
+        tb.logs()
+    );
+    assert_eq!(
+        after.gaps,
+        0,
+        "VIP missing after SIGCONT: {after:?}\n{}",
+        tb.logs()
+    );
+    assert!(
+        matches!(after.last[..], [one] if one != h),
+        "after SIGCONT: {after:?}\n{}",
+        tb.logs()
+    );
+    assert_ne!(st["role"], "leader", "{st}\n{}", tb.logs());
+    tb.reap(h);
+}
+
 /// Scenario 7: `apivip drill` and SIGTERM: graceful handovers.
 pub fn drill_and_sigterm(ipv6: bool) {
     let (mut tb, h) = up(spec_no_preempt(ipv6));
