@@ -61,14 +61,23 @@ fn s5_partition_holder_from_peers() {
 #[test]
 fn s6_sigstop_default_profile() {
     if require_root("s6_sigstop_default_profile") {
-        frozen(false, "default", DEFAULT_FROZEN_BOUND);
+        frozen(false, "interface", "default", DEFAULT_FROZEN_BOUND);
     }
 }
 
 #[test]
 fn s6_sigstop_strict_profile() {
     if require_root("s6_sigstop_strict_profile") {
-        frozen(false, "strict", Duration::ZERO);
+        frozen(false, "interface", "strict", Duration::ZERO);
+    }
+}
+
+/// Scenario 6 with the process-owned device (auto placement): a frozen daemon keeps its
+/// device open, so the kernel lifetime on the device's VIP is what ends the overlap.
+#[test]
+fn s6_sigstop_device_placement() {
+    if require_root("s6_sigstop_device_placement") {
+        frozen(false, "device", "default", DEFAULT_FROZEN_BOUND);
     }
 }
 

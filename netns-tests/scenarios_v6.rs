@@ -46,7 +46,7 @@ fn v6_s5_partition_holder_from_peers() {
 #[test]
 fn v6_s6_sigstop_default_profile() {
     if require_root("v6_s6_sigstop_default_profile") {
-        frozen(true, "default", DEFAULT_FROZEN_BOUND);
+        frozen(true, "interface", "default", DEFAULT_FROZEN_BOUND);
     }
 }
 

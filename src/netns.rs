@@ -356,8 +356,24 @@ impl Node {
         run(Command::new("ip").args(["-n", &self.ns, "link", "set", MEMBER_IFACE, "down"]))
             .map(drop)
     }
+    /// Brings `eth0` back up, with its IPv6 address: the kernel flushes IPv6 addresses when
+    /// a link goes down (`keep_addr_on_down` is 0 by default) and a host's network manager
+    /// puts the configured ones back on carrier; here nobody else would.
     pub fn link_up(&self) -> Result<()> {
-        run(Command::new("ip").args(["-n", &self.ns, "link", "set", MEMBER_IFACE, "up"])).map(drop)
+        run(Command::new("ip").args(["-n", &self.ns, "link", "set", MEMBER_IFACE, "up"]))?;
+        if let Some(a6) = self.addr6 {
+            run(Command::new("ip").args([
+                "-n",
+                &self.ns,
+                "addr",
+                "replace",
+                &format!("{a6}/64"),
+                "dev",
+                MEMBER_IFACE,
+                "nodad",
+            ]))?;
+        }
+        Ok(())
     }
 
     /// MAC address of `eth0`, lower-case `aa:bb:..`.

@@ -333,6 +333,41 @@ pub fn sigkill(ipv6: bool, loss_pct: u8) {
     }
 }
 
+/// After the fault is undone: the preferred node `h` takes the VIP back by preemption
+/// (3 s delay), with no two-holder sample, and the client follows it. Time until then.
+pub fn takes_back(tb: &Testbed, w: &mut Watch, h: usize, what: &str) -> (Duration, Duration) {
+    let back = w.until(
+        tb,
+        Duration::from_secs(7),
+        &format!("node {} takes the VIP back after {what}", h + 1),
+        |hs| hs == [h],
+    );
+    let at = Instant::now();
+    let served = loop {
+        let who = whoami(tb);
+        if who.as_deref() == Some(name(h).as_str()) {
+            break at.elapsed();
+        }
+        if at.elapsed() > Duration::from_secs(1) {
+            panic!(
+                "the client is served by {who:?}, not by node {} which took the VIP back\n{}",
+                h + 1,
+                tb.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    w.run_for(tb, Duration::from_millis(200));
+    assert_eq!(
+        w.dual,
+        0,
+        "two holders around the take-back: {w:?}\n{}",
+        tb.logs()
+    );
+    assert_eq!(w.last, vec![h], "{w:?}\n{}", tb.logs());
+    (back, served)
+}
+
 /// Scenario 3: the holder's link goes down: another node takes over, never two holders.
 pub fn link_down(ipv6: bool) {
     let (tb, h) = up(spec(ipv6));
@@ -356,6 +391,15 @@ pub fn link_down(ipv6: bool) {
     );
     assert_eq!(w.dual, 0, "{w:?}\n{}", tb.logs());
     assert!(!w.last.contains(&h), "{w:?}\n{}", tb.logs());
+    tb.topo.node(h).link_up().unwrap();
+    let (back, served) = takes_back(&tb, &mut w, h, "link up");
+    println!(
+        "link up on node {}: it took the VIP back after {:.0} ms (preemption delay 3 s), client followed in {:.0} ms; dual-holder samples {}",
+        h + 1,
+        ms(back),
+        ms(served),
+        w.dual
+    );
 }
 
 /// Scenario 4: the holder's apiserver turns unready: it hands the VIP over.
@@ -383,6 +427,15 @@ pub fn apiserver_unready(ipv6: bool) {
     assert_eq!(w.dual, 0, "{w:?}\n{}", tb.logs());
     assert_eq!(w.last.len(), 1, "{w:?}\n{}", tb.logs());
     assert_ne!(w.last[0], h, "{w:?}\n{}", tb.logs());
+    tb.set_unready(h, false).unwrap();
+    let (back, served) = takes_back(&tb, &mut w, h, "its apiserver is ready again");
+    println!(
+        "apiserver of node {} ready again: it took the VIP back after {:.0} ms (rise 2, preemption delay 3 s), client followed in {:.0} ms; dual-holder samples {}",
+        h + 1,
+        ms(back),
+        ms(served),
+        w.dual
+    );
 }
 
 /// Scenario 5: the holder is cut from its peers but not from the client for 5 s: never two
@@ -475,10 +528,10 @@ pub fn partition_holder(ipv6: bool) {
 
 /// Scenario 6: SIGSTOP of the holder (VIP on the interface): the kernel lifetime removes its VIP;
 /// the overlap stays within the profile's frozen-leader bound. After SIGCONT it steps down.
-pub fn frozen(ipv6: bool, profile: &str, bound: Duration) {
+pub fn frozen(ipv6: bool, placement: &str, profile: &str, bound: Duration) {
     let (mut tb, h) = up(TestbedSpec {
         ipv6,
-        placement: "interface".into(),
+        placement: placement.into(),
         profile: profile.into(),
         election_extra: "preempt = false".into(),
         ..TestbedSpec::default()
@@ -509,7 +562,7 @@ pub fn frozen(ipv6: bool, profile: &str, bound: Duration) {
     after.run_for(&tb, Duration::from_millis(1500));
     let st = tb.status(h).expect("status of the resumed node");
     println!(
-        "SIGSTOP of node {} ({profile}, interface): its VIP gone after {}, new holder after {}, dual-holder {} samples = {:.0} ms (bound {:.0} ms); after SIGCONT ({:.0} ms frozen): {} samples with two holders, holders {:?}, resumed node is {}",
+        "SIGSTOP of node {} ({profile}, {placement}): its VIP gone after {}, new holder after {}, dual-holder {} samples = {:.0} ms (bound {:.0} ms); after SIGCONT ({:.0} ms frozen): {} samples with two holders, holders {:?}, resumed node is {}",
         h + 1,
         old_gone.map_or("never".into(), |d| format!("{:.0} ms", ms(d))),
         new_holder.map_or("never".into(), |d| format!("{:.0} ms", ms(d))),
