@@ -33,6 +33,15 @@ fn s2_sigkill_failover_10pct_loss() {
     }
 }
 
+/// Scenario 2 with the VIP on the interface and an immediate restart: the new process
+/// removes the VIP the killed one left, inside its lifetime.
+#[test]
+fn s2_kill_and_restart_at_once() {
+    if require_root("s2_kill_and_restart_at_once") {
+        kill_and_restart_at_once(false);
+    }
+}
+
 /// Scenario 3: the holder's link goes down: another node takes over, never two holders.
 #[test]
 fn s3_link_down() {
@@ -230,4 +239,43 @@ fn s9_bootstrap_and_join() {
     assert_eq!(w.last, vec![0], "{w:?}\n{}", tb.logs());
     assert_eq!(c.missed, 0, "the client went unanswered\n{}", tb.logs());
     assert!(c.others.is_empty(), "{:?}\n{}", c.others, tb.logs());
+}
+
+/// A bad config on SIGHUP is rejected and the held VIP stays (never two holders, never
+/// none); the node keeps leading and a fixed config is taken on the next SIGHUP.
+#[test]
+fn s9_bad_reload_keeps_the_vip() {
+    if !require_root("s9_bad_reload_keeps_the_vip") {
+        return;
+    }
+    let (tb, h) = up(spec(false));
+    let path = tb.config_path(h);
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("[election]", "[election]\nlease = \"banana\""),
+    )
+    .unwrap();
+    tb.signal(h, "HUP").unwrap();
+    let mut w = Watch::default();
+    w.run_for(&tb, Duration::from_millis(1500));
+    let log = tb.log(h);
+    assert!(
+        log.contains("config reload rejected") && log.contains("banana"),
+        "no rejection naming the bad value in the log\n{}",
+        tb.logs()
+    );
+    assert_eq!((w.dual, w.none), (0, 0), "{w:?}\n{}", tb.logs());
+    assert_eq!(w.last, vec![h], "{w:?}\n{}", tb.logs());
+    assert_eq!(whoami(&tb), Some(name(h)));
+    std::fs::write(&path, good).unwrap();
+    tb.signal(h, "HUP").unwrap();
+    w.run_for(&tb, Duration::from_millis(500));
+    assert_eq!(w.last, vec![h], "{w:?}\n{}", tb.logs());
+    assert_eq!(tb.status(h).unwrap()["role"], "leader");
+    println!(
+        "bad config on SIGHUP rejected, node {} kept the VIP: {} samples, 0 with two holders, 0 without",
+        h + 1,
+        w.samples
+    );
 }

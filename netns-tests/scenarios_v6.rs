@@ -21,6 +21,14 @@ fn v6_s2_sigkill_failover() {
     }
 }
 
+/// A killed daemon restarted at once removes the VIP its predecessor left (Rule 8).
+#[test]
+fn v6_s2_kill_and_restart_at_once() {
+    if require_root("v6_s2_kill_and_restart_at_once") {
+        kill_and_restart_at_once(true);
+    }
+}
+
 #[test]
 fn v6_s3_link_down() {
     if require_root("v6_s3_link_down") {

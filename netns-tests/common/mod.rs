@@ -331,6 +331,73 @@ pub fn sigkill(ipv6: bool, loss_pct: u8) {
     if process_owned {
         assert_eq!(w.dual, 0, "{w:?}\n{}", tb.logs());
     }
+    // The killed node comes back (a restarted static pod): silent for an election
+    // timeout, then it rejoins and, being preferred, takes the VIP back with no overlap.
+    // Without the loss: under sustained loss the leader's view of the preferred node lapses
+    // now and then, and each lapse restarts the preemption delay (see the report).
+    for i in 0..tb.spec.nodes {
+        tb.topo.node(i).loss(0).unwrap();
+    }
+    let mut back = Watch::default();
+    tb.start(h).unwrap();
+    let (took, served) = takes_back(&tb, &mut back, h, "its restart");
+    println!(
+        "node {} restarted: took the VIP back after {:.0} ms (silence 1 s + preemption delay 3 s), client followed in {:.0} ms; dual-holder samples {}",
+        h + 1,
+        ms(took),
+        ms(served),
+        back.dual
+    );
+}
+
+/// SIGKILL of the holder and an immediate restart, with the VIP on the interface: the
+/// dead process's VIP is still in the kernel (its lifetime runs), and the new process
+/// removes it at start (Rule 8) instead of waiting for the lifetime.
+pub fn kill_and_restart_at_once(ipv6: bool) {
+    let (mut tb, h) = up(TestbedSpec {
+        ipv6,
+        placement: "interface".into(),
+        ..TestbedSpec::default()
+    });
+    let t0 = Instant::now();
+    tb.signal(h, "KILL").unwrap();
+    tb.wait_exit(h, Duration::from_secs(2)).unwrap();
+    // The dead process's VIP is still there: only its lifetime would remove it.
+    let left = tb.holders().contains(&h);
+    let restarted = t0.elapsed();
+    tb.start(h).unwrap();
+    let mut w = Watch::default();
+    w.until(
+        &tb,
+        Duration::from_secs(3),
+        "the restarted node drops the dead process's VIP",
+        |hs| !hs.contains(&h),
+    );
+    let gone = t0.elapsed();
+    let lingered = tb.holders().contains(&h);
+    let (new, _) = tb
+        .wait_holder(Some(h), Duration::from_secs(5))
+        .expect("a new holder");
+    println!(
+        "SIGKILL + immediate restart of node {} (restarted {:.0} ms after the kill): the stale VIP was gone {:.0} ms after the kill (lifetime {:.0} ms); node {} holds",
+        h + 1,
+        ms(restarted),
+        ms(gone),
+        ms(LIFETIME),
+        new + 1
+    );
+    assert!(
+        left,
+        "the killed node's VIP was already gone before the restart: nothing to test\n{}",
+        tb.logs()
+    );
+    assert!(!lingered);
+    // Removed by the new process (well inside the lifetime), not by the kernel.
+    assert!(
+        gone < Duration::from_millis(700),
+        "the stale VIP lasted {gone:?} after the restart\n{}",
+        tb.logs()
+    );
 }
 
 /// After the fault is undone: the preferred node `h` takes the VIP back by preemption
