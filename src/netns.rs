@@ -245,7 +245,14 @@ impl Node {
     }
 
     /// Starts `cmd` inside the namespace; the child is killed when the handle drops.
+    /// Its stdout and stderr are the caller's: `Command` does not expose the stdio set on
+    /// `cmd`, so use [`Node::spawn_to`] to send them elsewhere.
     pub fn spawn(&self, cmd: &mut Command) -> Result<NsChild> {
+        self.spawn_to(cmd, Stdio::inherit(), Stdio::inherit())
+    }
+
+    /// [`Node::spawn`] with the child's stdout and stderr going to `stdout` and `stderr`.
+    pub fn spawn_to(&self, cmd: &mut Command, stdout: Stdio, stderr: Stdio) -> Result<NsChild> {
         let program = cmd
             .get_program()
             .to_str()
@@ -261,7 +268,7 @@ impl Node {
                 None => c.env_remove(k),
             };
         }
-        c.stdin(Stdio::null());
+        c.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         c.spawn().map(NsChild).map_err(|e| NetnsError::Command {
             command: format!("{c:?}"),
             detail: e.to_string(),

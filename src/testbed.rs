@@ -158,23 +158,18 @@ impl Testbed {
             &self.vip().to_string(),
         ])
         .arg("--unready-file")
-        .arg(self.unready_file(i))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let tls = node.spawn(&mut tls)?;
+        .arg(self.unready_file(i));
+        let tls = node.spawn_to(&mut tls, Stdio::null(), Stdio::null())?;
         let mut plain = Command::new(&self.bin);
-        plain
-            .args([
-                "standin",
-                "--plain",
-                "--listen",
-                &format!("{any}:{WHOAMI_PORT}"),
-                "--name",
-                &name,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let plain = node.spawn(&mut plain)?;
+        plain.args([
+            "standin",
+            "--plain",
+            "--listen",
+            &format!("{any}:{WHOAMI_PORT}"),
+            "--name",
+            &name,
+        ]);
+        let plain = node.spawn_to(&mut plain, Stdio::null(), Stdio::null())?;
         Ok((tls, plain))
     }
 
@@ -230,10 +225,11 @@ impl Testbed {
         let mut c = Command::new(&self.bin);
         c.args(["run", "--config"])
             .arg(self.config_path(i))
-            .env("APIVIP_LOG_LEVEL", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = self.topo.node(i).spawn(&mut c)?;
+            .env("APIVIP_LOG_LEVEL", "info");
+        let child = self
+            .topo
+            .node(i)
+            .spawn_to(&mut c, Stdio::null(), log.into())?;
         self.members[i].daemon = Some(child);
         Ok(())
     }
@@ -413,4 +409,11 @@ fn whoami(target: SocketAddr, timeout: Duration) -> Option<String> {
             .eq_ignore_ascii_case("x-standin")
             .then(|| v.trim().to_string())
     })
+}
+
+/// One GET /version to `target` from the calling thread's namespace: the node that
+/// answered, or None on any failure within `timeout`. For probes that run many requests
+/// concurrently inside the client's namespace (bench/failover).
+pub fn whoami_once(target: SocketAddr, timeout: Duration) -> Option<String> {
+    whoami(target, timeout)
 }
