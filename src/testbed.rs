@@ -429,3 +429,10 @@ fn whoami(target: SocketAddr, timeout: Duration) -> Option<String> {
             .then(|| v.trim().to_string())
     })
 }
+
+/// One GET /version to `target` from the calling thread's namespace: the node that
+/// answered, or None on any failure within `timeout`. For probes that run many requests
+/// concurrently inside the client's namespace (bench/failover).
+pub fn whoami_once(target: SocketAddr, timeout: Duration) -> Option<String> {
+    whoami(target, timeout)
+}
