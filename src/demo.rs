@@ -43,7 +43,12 @@ pub fn run(ipv6: bool, profile: &str) -> Result<()> {
     }
     println!(
         "  client  {}   VIP {vip}   profile {profile}   (built in {})",
-        tb.topo.client(0).addr(),
+        // The client probes the VIP over the run's address family.
+        tb.topo
+            .client(0)
+            .addr6()
+            .filter(|_| ipv6)
+            .unwrap_or_else(|| tb.topo.client(0).addr()),
         ms(t0.elapsed())
     );
     println!();

@@ -813,7 +813,8 @@ pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
         ),
     ));
     r.checks.extend(check_timers(loaded));
-    if config.vip.is_some() || !config.peers.is_empty() {
+    // Proxy-only mode (no VIP) runs no election and reads no key.
+    if config.vip.is_some() {
         r.checks.push(check_key_file(&config.key_file));
     }
     r.checks.extend(check_capabilities(

@@ -171,7 +171,7 @@ struct RunArgs {
 #[derive(Args)]
 struct SocketArg {
     /// The daemon's control socket.
-    #[arg(long, env = "APIVIP_CONTROL_SOCKET", default_value_os_t = config::default_socket())]
+    #[arg(long, env = "APIVIP_SOCKET", default_value_os_t = config::default_socket())]
     socket: PathBuf,
 }
 

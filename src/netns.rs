@@ -227,6 +227,14 @@ impl Node {
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns, program]);
+        // The caller's APIVIP_* variables (a key file, a socket) would override the
+        // configs written for this topology: `apivip demo` run from a shell that exports
+        // them must still build its own cluster.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("APIVIP_") {
+                c.env_remove(k);
+            }
+        }
         c
     }
 

@@ -37,6 +37,26 @@ where
         );
     }
     let handle = Forwarder::start(rt).await?;
+    // The same probes and scrapes as on a control-plane node: the static pod's liveness and
+    // readiness probes, and systemd's Type=notify, wait on them.
+    let metrics = crate::metrics::Metrics::new();
+    metrics.set_role(None);
+    let readiness = crate::metrics::Readiness::proxy_only();
+    readiness.set_forwarder_listening(true);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        crate::metrics::serve_configured(&config.metrics, metrics.clone(), readiness, async {
+            let _ = stop_rx.await;
+        })
+        .await?;
+    if let Some(s) = &server {
+        tracing::info!(target: "apivip::forward", address = %s.local_addr, "serving /metrics, /healthz and /readyz");
+    }
+    if let Err(e) = crate::manifest::notify_ready() {
+        tracing::debug!(error = %e, "sd_notify READY failed");
+    }
+    let mut sample = tokio::time::interval(std::time::Duration::from_secs(1));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
@@ -46,6 +66,7 @@ where
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = sample.tick() => metrics.update_backends(&samples(&handle)),
             _ = hup.recv() => match reload() {
                 Ok(c) => {
                     let new_health = settings::health(&c);
@@ -66,6 +87,24 @@ where
         }
     }
     tracing::info!(target: "apivip::forward", "stopping: draining connections");
+    let _ = crate::manifest::notify_stopping();
     handle.drain(drain_timeout).await;
+    let _ = stop_tx.send(());
     Ok(())
+}
+
+fn samples(handle: &super::ForwarderHandle) -> Vec<crate::metrics::BackendSample> {
+    handle
+        .snapshot()
+        .into_iter()
+        .map(|b| crate::metrics::BackendSample {
+            name: b.address.to_string(),
+            active: b.active,
+            total: b.total,
+            failures: b.failures,
+            bytes_in: b.bytes_in,
+            bytes_out: b.bytes_out,
+            healthy: b.health == super::BackendHealth::Healthy,
+        })
+        .collect()
 }
