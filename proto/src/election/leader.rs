@@ -357,10 +357,19 @@ impl Node {
         let mine = self.cfg.my_priority();
         let better = self.best_follower(now, |p| p > mine);
         let delay = self.cfg.preempt_delay;
+        let lease = self.cfg.timing.lease;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
+        // A pending target that merely missed an ack or two (loss) is still the same
+        // candidate: restarting its delay on every gap meant that under 10% loss a
+        // returning preferred node never took the VIP back (netns test, 7 s). Only a
+        // target silent for a whole lease is forgotten.
+        let pending_alive = l.preempt.is_some_and(|(id, _)| {
+            l.acked.get(&id).is_some_and(|(_, at)| now.saturating_since(*at) <= lease)
+        });
         match (better, l.preempt) {
+            (None, Some(_)) if pending_alive => {}
             (None, _) => l.preempt = None,
             (Some(t), Some((id, since))) if id == t => {
                 if now >= since + delay {
