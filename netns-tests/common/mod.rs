@@ -47,9 +47,11 @@ pub fn up(spec: TestbedSpec) -> (Testbed, usize) {
     let (mut h, took) = tb
         .wait_holder(None, Duration::from_secs(10))
         .expect("a holder");
-    // Node 1's apiserver may be proven healthy a little after node 2's, so node 2 can win
-    // the first election; with preemption node 1 takes over 3 s later. Start from that
-    // settled state, so a scenario's move is not mixed up with the preemption.
+    // At a cold start every node's first election slot ends right after its start-up
+    // silence, so a node 1 whose process started a few tens of ms after node 2's (the
+    // slots are ~67 ms apart) can lose the first election; preemption hands the VIP to
+    // node 1 3 s later. Start from that settled state, so a scenario's move is not mixed
+    // up with the preemption.
     if h != 0 && !tb.spec.election_extra.contains("preempt = false") {
         let (h1, more) = tb
             .wait_holder(Some(h), Duration::from_secs(6))
@@ -593,8 +595,9 @@ pub fn partition_holder(ipv6: bool) {
     assert_eq!(w.last, vec![h], "{w:?}\n{}", tb.logs());
 }
 
-/// Scenario 6: SIGSTOP of the holder (VIP on the interface): the kernel lifetime removes its VIP;
-/// the overlap stays within the profile's frozen-leader bound. After SIGCONT it steps down.
+/// Scenario 6: SIGSTOP of the holder. Its VIP (on the interface, or on the process-owned
+/// device, which a frozen process keeps open) goes when its kernel lifetime runs out; the
+/// overlap stays within the profile's frozen-leader bound. After SIGCONT it steps down.
 pub fn frozen(ipv6: bool, placement: &str, profile: &str, bound: Duration) {
     let (mut tb, h) = up(TestbedSpec {
         ipv6,
