@@ -67,12 +67,12 @@ async fn backend_half_close_still_receives_the_client() {
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let e = Echo::start(b'E').await;
     let mut rt = runtime(&[e.addr]);
-    rt.idle_timeout = Duration::from_millis(300);
+    rt.idle_timeout = Duration::from_millis(500);
     let (h, front) = start(rt).await;
     let (mut idle, _) = connect(front).await;
     let (mut busy, _) = connect(front).await;
-    // Busy: a byte every 100 ms for 900 ms, three idle periods in all.
-    for _ in 0..9 {
+    // Busy: a byte every 100 ms for 1.2 s, more than two idle periods in all.
+    for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         busy.write_all(b"k").await.unwrap();
         let mut b = [0u8; 1];
