@@ -466,6 +466,9 @@ fn run_once(c: &mut Cluster, sys: &System, sc: Scenario) -> Result<RunResult> {
 
     let mut probes = probes.into_inner().unwrap_or_else(|e| e.into_inner());
     probes.sort_by_key(|p| p.done);
+    if std::env::var_os("FAILOVER_TRACE").is_some() {
+        trace(&probes, &samples, t0);
+    }
     r.served = probes
         .iter()
         .filter(|p| p.done >= t0 && p.who.as_deref().is_some_and(|w| w != old_name))
@@ -493,6 +496,34 @@ fn run_once(c: &mut Cluster, sys: &System, sc: Scenario) -> Result<RunResult> {
         r.kept = samples.last().map(|(_, h)| h.contains(&old));
     }
     Ok(r)
+}
+
+/// FAILOVER_TRACE=1: every change of who answers the client and of who holds the VIP,
+/// in ms from the fault, to stderr.
+fn trace(probes: &[Probe], samples: &[(Instant, Vec<usize>)], t0: Instant) {
+    let at = |t: Instant| {
+        if t >= t0 { ms(t - t0) } else { -ms(t0 - t) }
+    };
+    let mut prev: Option<&Option<String>> = None;
+    for p in probes {
+        if prev != Some(&p.who) {
+            eprintln!(
+                "    client {:>9.1} ms (issued {:>9.1}): {}",
+                at(p.done),
+                at(p.issued),
+                p.who.as_deref().unwrap_or("no answer")
+            );
+            prev = Some(&p.who);
+        }
+    }
+    let mut prev: Option<&Vec<usize>> = None;
+    for (t, h) in samples {
+        if prev != Some(h) {
+            let nodes: Vec<String> = h.iter().map(|i| format!("node-{}", i + 1)).collect();
+            eprintln!("    holders {:>8.1} ms: [{}]", at(*t), nodes.join(", "));
+            prev = Some(h);
+        }
+    }
 }
 
 /// Undoes the fault so the next run starts from the same state.
@@ -698,6 +729,7 @@ fn main() -> Result<()> {
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name()))
         .collect();
+    eprintln!("load average at the start: {}", loadavg());
     let started = Instant::now();
     let mut results: Vec<(String, Scenario, Outcome)> = Vec::new();
     for sys in &chosen {
@@ -754,6 +786,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn find<'a>(
     results: &'a [(String, Scenario, Outcome)],
     label: &str,
@@ -770,6 +808,10 @@ fn report(results: &[(String, Scenario, Outcome)], n: usize, took: Duration) {
     println!(
         "Failover, {n} runs per system and scenario, {:.0} s in all. Times in ms, min / median / max.",
         took.as_secs_f64()
+    );
+    println!(
+        "Load average at the end (other work on the machine skews timings): {}",
+        loadavg()
     );
     println!();
     println!(
