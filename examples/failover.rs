@@ -831,14 +831,14 @@ fn report(results: &[(String, Scenario, Outcome)], n: usize, took: Duration) {
             // figure is only what the observation window saw.
             let open = if k > 0 { "open-ended, seen " } else { "" };
             println!(
-                "| {} | {} | {}/{} | {} | {} | {} | {} |",
+                "| {} | {} | {}/{} | {} | {} | {open}{} | {} |",
                 sc.title(),
                 label,
                 o.runs.len(),
                 o.runs.len() + o.failed,
                 fmt_stats(stats(o.served()), false),
                 fmt_stats(stats(o.outage()), trunc),
-                format!("{open}{}", fmt_stats(stats(o.dual()), trunc)),
+                fmt_stats(stats(o.dual()), trunc),
                 kept
             );
         }
