@@ -19,9 +19,11 @@
 //!   served  until the client is first answered by a node other than the old holder.
 //!           Probes start every 10 ms, each its own TCP connection with a 200 ms timeout,
 //!           so a probe stuck on a dead ARP entry does not hide the next one;
-//!   outage  the sum of the gaps longer than 50 ms between successive answered probes,
-//!           from 200 ms before the fault to the end of the run (after a partition this
-//!           includes any blackhole after the heal);
+//!   outage  for each run of unanswered probes (by issue time), from the first one's
+//!           issue until the next probe that got an answer completed, summed from 200 ms
+//!           before the fault to the end of the run (after a partition this includes any
+//!           blackhole after the heal). Pauses of the prober itself (a busy machine) are
+//!           not outage: only time covered by a probe that went unanswered counts;
 //!   dual    time during which two or more node namespaces had the VIP in their kernel
 //!           (address dumps of every node namespace every 5 ms);
 //!   kept    (sigkill) whether the killed node's kernel still has the VIP at the end.
@@ -52,7 +54,6 @@ use apivip::testbed_keepalived::{Keepalived, KeepalivedSpec};
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 const HOLDERS_EVERY: Duration = Duration::from_millis(5);
-const OUTAGE_GAP: Duration = Duration::from_millis(50);
 const BASELINE: Duration = Duration::from_millis(200);
 const AFTER_SERVED: Duration = Duration::from_millis(1500);
 const CLEAN_TAIL: Duration = Duration::from_secs(1);
@@ -474,19 +475,8 @@ fn run_once(c: &mut Cluster, sys: &System, sc: Scenario) -> Result<RunResult> {
         .filter(|p| p.done >= t0 && p.who.as_deref().is_some_and(|w| w != old_name))
         .map(|p| p.done - t0)
         .min();
-    // Outage: gaps between answered probes, with the window's ends as sentinels.
     let first = t0 - BASELINE;
-    let mut last = first;
-    for p in probes.iter().filter(|p| p.who.is_some() && p.done >= first) {
-        let gap = p.done - last;
-        if gap > OUTAGE_GAP {
-            r.outage += gap;
-        }
-        last = p.done;
-    }
-    if end - last > OUTAGE_GAP {
-        r.outage += end - last;
-    }
+    r.outage = outage(&probes, first, end);
     for w in samples.windows(2) {
         if w[0].1.len() >= 2 && w[0].0 >= first {
             r.dual += w[1].0 - w[0].0;
@@ -496,6 +486,39 @@ fn run_once(c: &mut Cluster, sys: &System, sc: Scenario) -> Result<RunResult> {
         r.kept = samples.last().map(|(_, h)| h.contains(&old));
     }
     Ok(r)
+}
+
+/// The client's outage: for each run of unanswered probes (in the order they were
+/// issued), from the first one's issue to the answer of the next probe that got one (or
+/// the end of the run), counting overlapping stretches once. A pause between answers
+/// with no unanswered probe in it is the prober not being scheduled, not an outage.
+fn outage(probes: &[Probe], from: Instant, end: Instant) -> Duration {
+    let mut by_issue: Vec<&Probe> = probes.iter().filter(|p| p.issued >= from).collect();
+    by_issue.sort_by_key(|p| p.issued);
+    let mut total = Duration::ZERO;
+    let mut counted_until = from;
+    let mut down_since: Option<Instant> = None;
+    let mut add = |a: Instant, b: Instant, counted_until: &mut Instant| {
+        let a = a.max(*counted_until);
+        if b > a {
+            total += b - a;
+            *counted_until = b;
+        }
+    };
+    for p in by_issue {
+        match (&p.who, down_since) {
+            (None, None) => down_since = Some(p.issued),
+            (Some(_), Some(since)) => {
+                add(since, p.done, &mut counted_until);
+                down_since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(since) = down_since {
+        add(since, end, &mut counted_until);
+    }
+    total
 }
 
 /// FAILOVER_TRACE=1: every change of who answers the client and of who holds the VIP,
