@@ -35,6 +35,9 @@
 //! cluster settles: every daemon running, node 1 (the highest priority in both systems)
 //! holding alone for 1 s and serving the client.
 //!
+//! Debugging: FAILOVER_TRACE=1 prints each run's timeline (who answered the client, who
+//! held the VIP); FAILOVER_LOGS=DIR keeps every node's daemon log after each run.
+//!
 //! Usage: failover [N] [--bin PATH] [--systems LIST] [--scenarios LIST]
 //!   N defaults to 5 (at most 50); LIST is comma-separated names, e.g.
 //!   --systems apivip-default,keepalived-1s --scenarios sigkill,drill
@@ -245,6 +248,18 @@ impl Cluster {
         match &mut self.ka {
             Some(ka) => ka.start(&self.tb, i),
             None => self.tb.start(i),
+        }
+    }
+
+    /// FAILOVER_LOGS=DIR: every node's daemon log so far, as DIR/<tag>-node<i>.log.
+    fn save_logs(&self, dir: &std::path::Path, tag: &str) {
+        let _ = std::fs::create_dir_all(dir);
+        for i in 0..self.nodes() {
+            let text = match &self.ka {
+                Some(ka) => ka.log(i),
+                None => self.tb.log(i),
+            };
+            let _ = std::fs::write(dir.join(format!("{tag}-node{}.log", i + 1)), text);
         }
     }
 
@@ -798,6 +813,12 @@ fn main() -> Result<()> {
                         eprintln!("  {:<10} run {k}/{}: FAILED: {e:#}", sc.name(), args.n);
                         out.failed += 1;
                     }
+                }
+                if let Some(dir) = std::env::var_os("FAILOVER_LOGS") {
+                    c.save_logs(
+                        &PathBuf::from(dir),
+                        &format!("{}-{}-{k}", sys.name, sc.name()),
+                    );
                 }
                 restore(&mut c, sc)
                     .with_context(|| format!("restoring {} after {}", sys.label, sc.name()))?;
