@@ -12,14 +12,18 @@
 //!                a priority-0 advert, so its sigterm row is the comparison);
 //!   7 sigterm    SIGTERM of the holder's daemon.
 //!
-//! Measured per run, from the instant the fault is injected (before the command that
-//! injects it, so its own few milliseconds count against every system alike):
+//! Each fault lands at a random moment (uniform over 1 s, after 200 ms of baseline
+//! probes), so it is not phase-locked to the heartbeat or advert cycle. Measured per run,
+//! from the instant the fault is injected (before the command that injects it, so its own
+//! few milliseconds count against every system alike):
 //!   served  until the client is first answered by a node other than the old holder.
 //!           Probes start every 10 ms, each its own TCP connection with a 200 ms timeout,
 //!           so a probe stuck on a dead ARP entry does not hide the next one;
-//!   outage  the sum of the gaps longer than 50 ms between successive answered probes,
-//!           from 200 ms before the fault to the end of the run (after a partition this
-//!           includes any blackhole after the heal);
+//!   outage  for each run of unanswered probes (by issue time), from the first one's
+//!           issue until the next probe that got an answer completed, summed from 200 ms
+//!           before the fault to the end of the run (after a partition this includes any
+//!           blackhole after the heal). Pauses of the prober itself (a busy machine) are
+//!           not outage: only time covered by a probe that went unanswered counts;
 //!   dual    time during which two or more node namespaces had the VIP in their kernel
 //!           (address dumps of every node namespace every 5 ms);
 //!   kept    (sigkill) whether the killed node's kernel still has the VIP at the end.
@@ -30,6 +34,9 @@
 //! Between runs the fault is undone (daemon restarted, link up, partition healed) and the
 //! cluster settles: every daemon running, node 1 (the highest priority in both systems)
 //! holding alone for 1 s and serving the client.
+//!
+//! Debugging: FAILOVER_TRACE=1 prints each run's timeline (who answered the client, who
+//! held the VIP); FAILOVER_LOGS=DIR keeps every node's daemon log after each run.
 //!
 //! Usage: failover [N] [--bin PATH] [--systems LIST] [--scenarios LIST]
 //!   N defaults to 5 (at most 50); LIST is comma-separated names, e.g.
@@ -50,7 +57,6 @@ use apivip::testbed_keepalived::{Keepalived, KeepalivedSpec};
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 const HOLDERS_EVERY: Duration = Duration::from_millis(5);
-const OUTAGE_GAP: Duration = Duration::from_millis(50);
 const BASELINE: Duration = Duration::from_millis(200);
 const AFTER_SERVED: Duration = Duration::from_millis(1500);
 const CLEAN_TAIL: Duration = Duration::from_secs(1);
@@ -58,6 +64,7 @@ const PARTITION_FOR: Duration = Duration::from_secs(5);
 const AFTER_HEAL_MIN: Duration = Duration::from_secs(2);
 const RUN_CAP: Duration = Duration::from_secs(20);
 const HEAL_CAP: Duration = Duration::from_secs(15);
+const PHASE_JITTER: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_secs(1);
 const SETTLE_CAP: Duration = Duration::from_secs(40);
 
@@ -244,6 +251,18 @@ impl Cluster {
         }
     }
 
+    /// FAILOVER_LOGS=DIR: every node's daemon log so far, as DIR/<tag>-node<i>.log.
+    fn save_logs(&self, dir: &std::path::Path, tag: &str) {
+        let _ = std::fs::create_dir_all(dir);
+        for i in 0..self.nodes() {
+            let text = match &self.ka {
+                Some(ka) => ka.log(i),
+                None => self.tb.log(i),
+            };
+            let _ = std::fs::write(dir.join(format!("{tag}-node{}.log", i + 1)), text);
+        }
+    }
+
     fn log_tails(&self) -> String {
         (0..self.nodes())
             .map(|i| {
@@ -382,7 +401,9 @@ fn run_once(c: &mut Cluster, sys: &System, sc: Scenario) -> Result<RunResult> {
         let tb = &c.tb;
         let prober = s.spawn(|| probe_client(tb, &stop, &probes));
         let sampler = s.spawn(|| sample_holders(tb, &stop));
-        std::thread::sleep(BASELINE);
+        // A random phase, so faults do not land at a fixed point of the heartbeat or
+        // advert cycle (settle() would otherwise phase-lock them to the restart).
+        std::thread::sleep(BASELINE + random_below(PHASE_JITTER));
         t0 = Instant::now();
         injected = (|| -> Result<()> {
             match sc {
@@ -461,24 +482,16 @@ fn run_once(c: &mut Cluster, sys: &System, sc: Scenario) -> Result<RunResult> {
 
     let mut probes = probes.into_inner().unwrap_or_else(|e| e.into_inner());
     probes.sort_by_key(|p| p.done);
+    if std::env::var_os("FAILOVER_TRACE").is_some() {
+        trace(&probes, &samples, t0);
+    }
     r.served = probes
         .iter()
         .filter(|p| p.done >= t0 && p.who.as_deref().is_some_and(|w| w != old_name))
         .map(|p| p.done - t0)
         .min();
-    // Outage: gaps between answered probes, with the window's ends as sentinels.
     let first = t0 - BASELINE;
-    let mut last = first;
-    for p in probes.iter().filter(|p| p.who.is_some() && p.done >= first) {
-        let gap = p.done - last;
-        if gap > OUTAGE_GAP {
-            r.outage += gap;
-        }
-        last = p.done;
-    }
-    if end - last > OUTAGE_GAP {
-        r.outage += end - last;
-    }
+    r.outage = outage(&probes, first, end);
     for w in samples.windows(2) {
         if w[0].1.len() >= 2 && w[0].0 >= first {
             r.dual += w[1].0 - w[0].0;
@@ -488,6 +501,67 @@ fn run_once(c: &mut Cluster, sys: &System, sc: Scenario) -> Result<RunResult> {
         r.kept = samples.last().map(|(_, h)| h.contains(&old));
     }
     Ok(r)
+}
+
+/// The client's outage: for each run of unanswered probes (in the order they were
+/// issued), from the first one's issue to the answer of the next probe that got one (or
+/// the end of the run), counting overlapping stretches once. A pause between answers
+/// with no unanswered probe in it is the prober not being scheduled, not an outage.
+fn outage(probes: &[Probe], from: Instant, end: Instant) -> Duration {
+    let mut by_issue: Vec<&Probe> = probes.iter().filter(|p| p.issued >= from).collect();
+    by_issue.sort_by_key(|p| p.issued);
+    let mut total = Duration::ZERO;
+    let mut counted_until = from;
+    let mut down_since: Option<Instant> = None;
+    let mut add = |a: Instant, b: Instant, counted_until: &mut Instant| {
+        let a = a.max(*counted_until);
+        if b > a {
+            total += b - a;
+            *counted_until = b;
+        }
+    };
+    for p in by_issue {
+        match (&p.who, down_since) {
+            (None, None) => down_since = Some(p.issued),
+            (Some(_), Some(since)) => {
+                add(since, p.done, &mut counted_until);
+                down_since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(since) = down_since {
+        add(since, end, &mut counted_until);
+    }
+    total
+}
+
+/// FAILOVER_TRACE=1: every change of who answers the client and of who holds the VIP,
+/// in ms from the fault, to stderr.
+fn trace(probes: &[Probe], samples: &[(Instant, Vec<usize>)], t0: Instant) {
+    let at = |t: Instant| {
+        if t >= t0 { ms(t - t0) } else { -ms(t0 - t) }
+    };
+    let mut prev: Option<&Option<String>> = None;
+    for p in probes {
+        if prev != Some(&p.who) {
+            eprintln!(
+                "    client {:>9.1} ms (issued {:>9.1}): {}",
+                at(p.done),
+                at(p.issued),
+                p.who.as_deref().unwrap_or("no answer")
+            );
+            prev = Some(&p.who);
+        }
+    }
+    let mut prev: Option<&Vec<usize>> = None;
+    for (t, h) in samples {
+        if prev != Some(h) {
+            let nodes: Vec<String> = h.iter().map(|i| format!("node-{}", i + 1)).collect();
+            eprintln!("    holders {:>8.1} ms: [{}]", at(*t), nodes.join(", "));
+            prev = Some(h);
+        }
+    }
 }
 
 /// Undoes the fault so the next run starts from the same state.
@@ -510,6 +584,15 @@ fn restore(c: &mut Cluster, sc: Scenario) -> Result<()> {
         Scenario::Drill => {}
     }
     c.settle()
+}
+
+/// A uniformly random duration below `max`, from the kernel's randomness.
+fn random_below(max: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(u64::from_le_bytes(b) % nanos)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -684,6 +767,7 @@ fn main() -> Result<()> {
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name()))
         .collect();
+    eprintln!("load average at the start: {}", loadavg());
     let started = Instant::now();
     let mut results: Vec<(String, Scenario, Outcome)> = Vec::new();
     for sys in &chosen {
@@ -730,6 +814,12 @@ fn main() -> Result<()> {
                         out.failed += 1;
                     }
                 }
+                if let Some(dir) = std::env::var_os("FAILOVER_LOGS") {
+                    c.save_logs(
+                        &PathBuf::from(dir),
+                        &format!("{}-{}-{k}", sys.name, sc.name()),
+                    );
+                }
                 restore(&mut c, sc)
                     .with_context(|| format!("restoring {} after {}", sys.label, sc.name()))?;
             }
@@ -738,6 +828,12 @@ fn main() -> Result<()> {
     }
     report(&results, args.n, started.elapsed());
     Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn find<'a>(
@@ -757,6 +853,10 @@ fn report(results: &[(String, Scenario, Outcome)], n: usize, took: Duration) {
         "Failover, {n} runs per system and scenario, {:.0} s in all. Times in ms, min / median / max.",
         took.as_secs_f64()
     );
+    println!(
+        "Load average at the end (other work on the machine skews timings): {}",
+        loadavg()
+    );
     println!();
     println!(
         "| scenario | system | runs ok | served by new holder | client outage | dual-holder | dead node keeps VIP |"
@@ -765,14 +865,17 @@ fn report(results: &[(String, Scenario, Outcome)], n: usize, took: Duration) {
     for sc in Scenario::ALL {
         for (label, s, o) in results.iter().filter(|(_, s, _)| *s == sc) {
             let trunc = o.runs.iter().any(|r| r.truncated);
+            let k = o.runs.iter().filter(|r| r.kept == Some(true)).count();
             let kept = if *s == Scenario::Kill {
-                let k = o.runs.iter().filter(|r| r.kept == Some(true)).count();
                 format!("{k} of {}", o.runs.len())
             } else {
                 "".into()
             };
+            // A dead node that keeps the VIP keeps it until someone removes it: the
+            // figure is only what the observation window saw.
+            let open = if k > 0 { "open-ended, seen " } else { "" };
             println!(
-                "| {} | {} | {}/{} | {} | {} | {} | {} |",
+                "| {} | {} | {}/{} | {} | {} | {open}{} | {} |",
                 sc.title(),
                 label,
                 o.runs.len(),
