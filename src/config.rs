@@ -72,6 +72,20 @@ pub struct VipConfig {
     /// Name of the process-owned device used by `placement = "device"`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Gratuitous ARP / NA rounds after taking the VIP; the first leaves at once.
+    #[serde(default = "default_announce_count")]
+    pub announce_count: u32,
+    /// Between those rounds.
+    #[serde(default = "default_announce_interval", with = "crate::duration")]
+    pub announce_interval: Duration,
+    /// Keep announcing this often while holding (switches that age MACs out); unset stops
+    /// after the rounds above.
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub announce_refresh: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +467,12 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_port() -> u16 {
     DEFAULT_PORT
+}
+fn default_announce_count() -> u32 {
+    5
+}
+fn default_announce_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_device() -> String {
     "apivip0".into()
@@ -999,6 +1019,25 @@ impl Loaded {
             }
             if vip.device.is_empty() || vip.device.len() > 15 {
                 errs.push(self.err("vip.device", &vip.device, "must be 1-15 characters"));
+            }
+            if vip.announce_count == 0 || vip.announce_count > 100 {
+                errs.push(self.err("vip.announce_count", vip.announce_count, "must be 1-100"));
+            }
+            if vip.announce_interval < Duration::from_millis(10) {
+                errs.push(self.err(
+                    "vip.announce_interval",
+                    crate::duration::format(vip.announce_interval),
+                    "must be at least 10ms",
+                ));
+            }
+            if let Some(r) = vip.announce_refresh
+                && r < Duration::from_secs(1)
+            {
+                errs.push(self.err(
+                    "vip.announce_refresh",
+                    crate::duration::format(r),
+                    "must be at least 1s (or unset)",
+                ));
             }
         }
         if c.election.quorum == Quorum::TwoNode && c.peers.len() != 2 {

@@ -16,4 +16,5 @@ pub mod netns;
 pub mod standin;
 pub mod state;
 pub mod testbed;
+pub mod testbed_keepalived;
 pub mod vip;

@@ -253,7 +253,14 @@ impl Node {
     }
 
     /// Starts `cmd` inside the namespace; the child is killed when the handle drops.
+    /// Its stdout and stderr are the caller's (a `Command`'s stdio cannot be read back:
+    /// use [`Node::spawn_io`] to redirect them).
     pub fn spawn(&self, cmd: &mut Command) -> Result<NsChild> {
+        self.spawn_io(cmd, Stdio::inherit(), Stdio::inherit())
+    }
+
+    /// [`Node::spawn`] with the child's stdout and stderr going to `stdout` and `stderr`.
+    pub fn spawn_io(&self, cmd: &mut Command, stdout: Stdio, stderr: Stdio) -> Result<NsChild> {
         let program = cmd
             .get_program()
             .to_str()
@@ -269,7 +276,7 @@ impl Node {
                 None => c.env_remove(k),
             };
         }
-        c.stdin(Stdio::null());
+        c.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         c.spawn().map(NsChild).map_err(|e| NetnsError::Command {
             command: format!("{c:?}"),
             detail: e.to_string(),
@@ -357,8 +364,24 @@ impl Node {
         run(Command::new("ip").args(["-n", &self.ns, "link", "set", MEMBER_IFACE, "down"]))
             .map(drop)
     }
+    /// Brings `eth0` back up, with its IPv6 address: the kernel flushes IPv6 addresses when
+    /// a link goes down (`keep_addr_on_down` is 0 by default) and a host's network manager
+    /// puts the configured ones back on carrier; here nobody else would.
     pub fn link_up(&self) -> Result<()> {
-        run(Command::new("ip").args(["-n", &self.ns, "link", "set", MEMBER_IFACE, "up"])).map(drop)
+        run(Command::new("ip").args(["-n", &self.ns, "link", "set", MEMBER_IFACE, "up"]))?;
+        if let Some(a6) = self.addr6 {
+            run(Command::new("ip").args([
+                "-n",
+                &self.ns,
+                "addr",
+                "replace",
+                &format!("{a6}/64"),
+                "dev",
+                MEMBER_IFACE,
+                "nodad",
+            ]))?;
+        }
+        Ok(())
     }
 
     /// MAC address of `eth0`, lower-case `aa:bb:..`.

@@ -29,6 +29,8 @@ pub struct TestbedSpec {
     pub extra: String,
     /// Members known to node i (1-based ids) at start; None = all nodes.
     pub members: Option<Vec<Vec<usize>>>,
+    /// Extra TOML lines inside every node's `[election]` table (e.g. `preempt = false`).
+    pub election_extra: String,
 }
 
 impl Default for TestbedSpec {
@@ -40,6 +42,7 @@ impl Default for TestbedSpec {
             placement: "auto".into(),
             extra: String::new(),
             members: None,
+            election_extra: String::new(),
         }
     }
 }
@@ -205,7 +208,7 @@ impl Testbed {
         let text = format!(
             "cluster = \"testbed\"\nnode_id = {id}\nkey_file = \"{key}\"\nstate_dir = \"{state}\"\n\n\
              [vip]\naddress = \"{vip}/{prefix}\"\ninterface = \"{iface}\"\nplacement = \"{placement}\"\n\n\
-             [election]\nprofile = \"{profile}\"\n\n\
+             [election]\nprofile = \"{profile}\"\n{election_extra}\n\n\
              [health]\ncheck = \"https\"\nurl = \"https://{local}/readyz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n\n\
              [control]\nsocket = \"{sock}\"\n\n[metrics]\naddress = \"\"\n\n{extra}\n{peers}",
             id = i + 1,
@@ -218,6 +221,7 @@ impl Testbed {
             local = SocketAddr::new(self.addr(i), 6443),
             sock = self.socket(i).display(),
             extra = self.spec.extra,
+            election_extra = self.spec.election_extra,
         );
         std::fs::write(self.config_path(i), text).context("config file")
     }
@@ -424,4 +428,11 @@ fn whoami(target: SocketAddr, timeout: Duration) -> Option<String> {
             .eq_ignore_ascii_case("x-standin")
             .then(|| v.trim().to_string())
     })
+}
+
+/// One GET /version to `target` from the calling thread's namespace: the node that
+/// answered, or None on any failure within `timeout`. For probes that run many requests
+/// concurrently inside the client's namespace (bench/failover).
+pub fn whoami_once(target: SocketAddr, timeout: Duration) -> Option<String> {
+    whoami(target, timeout)
 }

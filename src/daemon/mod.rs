@@ -738,7 +738,11 @@ pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
     Ok(VipSetup {
         backend: vipctl::Backend::Kernel(vipctl::KernelVip {
             spec,
-            announce: crate::announce::AnnounceConfig::default(),
+            announce: crate::announce::AnnounceConfig {
+                count: v.announce_count,
+                interval: v.announce_interval,
+                refresh: v.announce_refresh,
+            },
         }),
         report: VipReport {
             address: v.address.clone(),

@@ -36,6 +36,7 @@ pub(crate) fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::ne
             s.set_only_v6(true)?;
         }
     }
+    // Inherited by every accepted socket (Linux copies it at accept).
     s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(BACKLOG)?;
@@ -55,5 +56,16 @@ mod tests {
             l.local_addr().unwrap().ip(),
             "192.0.2.123".parse::<std::net::IpAddr>().unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        assert!(s.nodelay().unwrap());
+        drop(c);
     }
 }
