@@ -297,3 +297,67 @@ fn standin_cli_prints_its_address_and_serves() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_only_sighup_reloads_backends_and_keeps_them_on_a_bad_config() {
+    let mut args = tls_args("a", None);
+    args.plain = true;
+    let a = Standin::start(&args).await.unwrap();
+    args.name = "b".into();
+    let b = Standin::start(&args).await.unwrap();
+    let port = free_port();
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("apivip.toml");
+    let write = |backend: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[forward]\nlisten = [\"{front}\"]\nbackends = [\"{backend}\"]\ncheck = {{ kind = \"none\" }}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(&a.local_addr().to_string());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apivip"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("APIVIP_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served_by = || async move {
+        for _ in 0..200 {
+            if let Ok(mut s) = TcpStream::connect(front).await {
+                let (_, body) = http_get(&mut s, "/version").await.unwrap();
+                return String::from_utf8_lossy(&body).into_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("forwarder never listened");
+    };
+    assert!(served_by().await.contains("\"standin\":\"a\""));
+
+    // A bad file is refused and the running backends stay.
+    std::fs::write(&cfg, "[forward]\nbackends = [\"nonsense\"]\n").unwrap();
+    // SAFETY: signalling the child we spawned, by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(served_by().await.contains("\"standin\":\"a\""));
+
+    write(&b.local_addr().to_string());
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let mut moved = false;
+    for _ in 0..100 {
+        if served_by().await.contains("\"standin\":\"b\"") {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(moved, "SIGHUP did not move traffic to the new backend");
+}

@@ -67,12 +67,12 @@ async fn backend_half_close_still_receives_the_client() {
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let e = Echo::start(b'E').await;
     let mut rt = runtime(&[e.addr]);
-    rt.idle_timeout = Duration::from_millis(300);
+    rt.idle_timeout = Duration::from_millis(500);
     let (h, front) = start(rt).await;
     let (mut idle, _) = connect(front).await;
     let (mut busy, _) = connect(front).await;
-    // Busy: a byte every 100 ms for 900 ms, three idle periods in all.
-    for _ in 0..9 {
+    // Busy: a byte every 100 ms for 1.2 s, more than two idle periods in all.
+    for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         busy.write_all(b"k").await.unwrap();
         let mut b = [0u8; 1];
@@ -217,4 +217,64 @@ async fn dedicated_threads_serve_and_drain() {
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
     assert!(std::net::TcpStream::connect(front).is_err());
+}
+
+/// A backend that sends everything at once and closes while the client is not reading:
+/// the data then waits in the forwarder's socket with no further readiness edge to come,
+/// and the pipe fills up on the way (a splice into a full pipe says EAGAIN too).
+async fn download_with_a_stalled_reader(mode: SpliceMode, pipe_size: usize) {
+    const N: usize = 4 << 20;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        // Small writes make small segments: each takes a pipe slot of its own, so the
+        // pipe fills with far fewer bytes than its size.
+        s.set_nodelay(true).unwrap();
+        let chunk = vec![0x5au8; 700];
+        let mut sent = 0;
+        while sent < N {
+            let k = chunk.len().min(N - sent);
+            s.write_all(&chunk[..k]).await.unwrap();
+            sent += k;
+        }
+        s.shutdown().await.unwrap();
+    });
+    let mut rt = runtime(&[addr]);
+    rt.splice = mode;
+    rt.pipe_size = pipe_size;
+    let (_h, front) = start(rt).await;
+    let mut c = TcpStream::connect(front).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 4096];
+    let read_all = async {
+        loop {
+            let n = c.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(buf[..n].iter().all(|b| *b == 0x5a));
+            got += n;
+        }
+    };
+    tokio::time::timeout(LIMIT, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("download stalled at {got} of {N} bytes ({mode:?})"));
+    assert_eq!(got, N);
+}
+
+#[tokio::test]
+async fn stalled_download_completes_by_splice_small_pipe() {
+    download_with_a_stalled_reader(SpliceMode::On, 64 * 1024).await;
+}
+
+#[tokio::test]
+async fn stalled_download_completes_by_splice_large_pipe() {
+    download_with_a_stalled_reader(SpliceMode::Auto, 1 << 20).await;
+}
+
+#[tokio::test]
+async fn stalled_download_completes_by_copy() {
+    download_with_a_stalled_reader(SpliceMode::Off, 64 * 1024).await;
 }

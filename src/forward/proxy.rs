@@ -30,6 +30,9 @@ where
     R: Fn() -> Result<Config, String> + Send + 'static,
 {
     use tokio::signal::unix::{SignalKind, signal};
+    if !config.forward.enabled {
+        bail!("no VIP is configured and forward.enabled = false: there is nothing to run");
+    }
     let rt = settings::runtime(&config);
     if rt.backends.is_empty() {
         bail!(

@@ -162,7 +162,7 @@ async fn pump(
     };
     let mut spliced_once = false;
     let result = loop {
-        let n = match &path {
+        let n = match &mut path {
             Path::Copy => match copy_once(src, dst, src_side, dst_side).await {
                 Ok((n, full)) => {
                     if full
@@ -175,7 +175,7 @@ async fn pump(
                 }
                 Err(e) => break Err(e),
             },
-            Path::Splice(pipe) => match splice_once(src, dst, pipe, src_side, dst_side).await {
+            Path::Splice(pipe) => match splice_step(src, dst, pipe, src_side, dst_side).await {
                 Ok(n) => {
                     spliced_once = true;
                     n
@@ -207,7 +207,7 @@ async fn pump(
         last.store(now_ms(), Ordering::Relaxed);
     };
     if let Path::Splice(p) = path {
-        // After an error the pipe may still hold bytes; only a clean end leaves it empty.
+        // After an error the pipe may still hold bytes: such a pipe is closed, not reused.
         p.give(result.is_ok());
     }
     result
@@ -278,31 +278,62 @@ async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Fills the (empty) pipe from `src` once and drains it fully into `dst`.
-async fn splice_once(
+/// Moves bytes through the pipe, reading from `src` while the pipe has room and writing
+/// to `dst` while it holds bytes, so both sockets stay busy (a fill-then-drain loop would
+/// leave the source idle during every drain). Returns the bytes passed on, or 0 at EOF
+/// once the pipe is empty.
+async fn splice_step(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe: &Pipe,
+    pipe: &mut Pipe,
     src_side: Side,
     dst_side: Side,
 ) -> Result<usize, (Side, io::Error)> {
-    let n = loop {
-        src.readable().await.map_err(|e| (src_side, e))?;
-        match src.try_io(Interest::READABLE, || pipe.fill(src.as_raw_fd(), pipe.size)) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err((src_side, e)),
-        }
-    };
-    let mut left = n;
-    while left > 0 {
-        match dst.try_io(Interest::WRITABLE, || pipe.drain(dst.as_raw_fd(), left)) {
-            Ok(m) => left -= m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                dst.writable().await.map_err(|e| (dst_side, e))?
+    // A pipe holds a limited number of buffers, not bytes: one skb fragment can take a
+    // whole slot, so it can be full with fewer than `size` bytes in it. EAGAIN from a fill
+    // into a non-empty pipe may then mean "pipe full" rather than "socket empty", and must
+    // not clear the socket's readiness (the data already queued would never be signalled
+    // again). Such a fill waits for the next drain instead.
+    let mut pipe_full = false;
+    loop {
+        if !pipe.eof && pipe.pending < pipe.size && !pipe_full {
+            let room = pipe.size - pipe.pending;
+            let nonempty = pipe.pending > 0;
+            let r = src.try_io(Interest::READABLE, || {
+                match pipe.fill(src.as_raw_fd(), room) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && nonempty => Ok(None),
+                    r => r.map(Some),
+                }
+            });
+            match r {
+                Ok(Some(0)) => pipe.eof = true,
+                Ok(Some(n)) => pipe.pending += n,
+                Ok(None) => pipe_full = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err((src_side, e)),
             }
-            Err(e) => return Err((dst_side, e)),
+        }
+        if pipe.pending > 0 {
+            let len = pipe.pending;
+            match dst.try_io(Interest::WRITABLE, || pipe.drain(dst.as_raw_fd(), len)) {
+                Ok(m) => {
+                    pipe.pending -= m;
+                    if m > 0 {
+                        return Ok(m);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err((dst_side, e)),
+            }
+        }
+        let can_fill = !pipe.eof && pipe.pending < pipe.size && !pipe_full;
+        let can_drain = pipe.pending > 0;
+        if !can_fill && !can_drain {
+            return Ok(0);
+        }
+        tokio::select! {
+            r = src.readable(), if can_fill => r.map_err(|e| (src_side, e))?,
+            r = dst.writable(), if can_drain => r.map_err(|e| (dst_side, e))?,
         }
     }
-    Ok(n)
 }

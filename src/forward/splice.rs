@@ -11,6 +11,10 @@ pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     pub(crate) size: usize,
+    /// Bytes in the pipe not yet passed on.
+    pub(crate) pending: usize,
+    /// The source has reached EOF.
+    pub(crate) eof: bool,
 }
 
 const POOL_MAX: usize = 64;
@@ -38,12 +42,19 @@ impl Pipe {
         let got =
             unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
         let size = if got > 0 { got as usize } else { 64 * 1024 };
-        Ok(Pipe { read, write, size })
+        Ok(Pipe {
+            read,
+            write,
+            size,
+            pending: 0,
+            eof: false,
+        })
     }
 
     /// Hands an empty pipe back for reuse; a pipe with bytes left in it is closed instead.
-    pub(crate) fn give(self, empty: bool) {
-        if empty {
+    pub(crate) fn give(mut self, clean: bool) {
+        if clean && self.pending == 0 {
+            self.eof = false;
             POOL.with(|p| {
                 let mut p = p.borrow_mut();
                 if p.len() < POOL_MAX {

@@ -343,6 +343,13 @@ impl Node {
             }
             return;
         }
+        if !self.healthy || !self.cfg.preempt {
+            // Preemption waits while we are unhealthy (or is off): its deadline must not
+            // stay armed with nobody acting on it.
+            if let Role::Leader(l) = &mut self.role {
+                l.preempt = None;
+            }
+        }
         if !self.healthy {
             // Hand over only to someone better off; with no healthy follower a holder
             // whose forwarder reaches the peers' apiservers beats no holder.
@@ -357,10 +364,28 @@ impl Node {
         let mine = self.cfg.my_priority();
         let better = self.best_follower(now, |p| p > mine);
         let delay = self.cfg.preempt_delay;
+        let lease = self.cfg.timing.lease;
         let Role::Leader(l) = &mut self.role else {
             return;
         };
+        // A pending target that merely missed an ack or two (loss) is still the same
+        // candidate: restarting its delay on every gap meant that under 10% loss a
+        // returning preferred node never took the VIP back (netns test, 7 s). Only a
+        // target silent for a whole lease is forgotten.
+        let pending_alive = l.preempt.is_some_and(|(id, _)| {
+            l.acked
+                .get(&id)
+                .is_some_and(|(_, at)| now.saturating_since(*at) <= lease)
+        });
+        let h = self.cfg.timing.heartbeat;
         match (better, l.preempt) {
+            (None, Some((id, since))) if pending_alive => {
+                // Due but not eligible this instant: look again in a heartbeat (a
+                // deadline left in the past would wake the node in a loop).
+                if now >= since + delay {
+                    l.preempt = Some((id, (now + h).saturating_sub(delay)));
+                }
+            }
             (None, _) => l.preempt = None,
             (Some(t), Some((id, since))) if id == t => {
                 if now >= since + delay {
