@@ -95,16 +95,18 @@ pub struct PeerReport {
 
 #[derive(Debug, Error)]
 pub enum ControlError {
-    #[error("control socket {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // `error`, not `source`: the message already says it, and a `source` would make
+    // anyhow's `{:#}` print it twice.
+    #[error("control socket {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error(
         "control socket {path} is in use by a running apivip (stop it first, or set control.socket)"
     )]
     InUse { path: PathBuf },
     #[error(
-        "cannot reach apivip at {path}: {source} (is the daemon running on this node, and are you root?)"
+        "cannot reach apivip at {path}: {error} (is the daemon running on this node, and are you root?)"
     )]
-    Connect { path: PathBuf, source: io::Error },
+    Connect { path: PathBuf, error: io::Error },
     #[error("apivip at {path} did not answer within {secs} s")]
     Timeout { path: PathBuf, secs: u64 },
     #[error("apivip at {path} sent an answer this client cannot read: {problem}")]
@@ -121,9 +123,9 @@ pub async fn serve(
     path: &Path,
     calls: mpsc::Sender<Call>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
-    let io_err = |source| ControlError::Io {
+    let io_err = |error| ControlError::Io {
         path: path.into(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -207,9 +209,9 @@ use tokio::io::AsyncReadExt as _;
 pub async fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
     let stream = UnixStream::connect(path)
         .await
-        .map_err(|source| ControlError::Connect {
+        .map_err(|error| ControlError::Connect {
             path: path.into(),
-            source,
+            error,
         })?;
     let work = async {
         let (r, mut w) = stream.into_split();
@@ -226,9 +228,9 @@ pub async fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Respo
             path: path.into(),
             secs: timeout.as_secs(),
         })?
-        .map_err(|source| ControlError::Io {
+        .map_err(|error| ControlError::Io {
             path: path.into(),
-            source,
+            error,
         })?;
     serde_json::from_str(answer.trim()).map_err(|e| ControlError::BadAnswer {
         path: path.into(),

@@ -427,9 +427,7 @@ impl Daemon {
                 if let Some(dr) = self.drill.take()
                     && let Some(r) = dr.reply
                 {
-                    let _ = r.send(Response::Error {
-                        message: format!("drill refused: {reason}"),
-                    });
+                    let _ = r.send(Response::Error { message: reason });
                 }
             }
             Notice::ShutdownReady => self.shutdown_ready = true,
