@@ -20,10 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
@@ -154,7 +151,7 @@ pub enum DoctorError {
     #[error("'{0}' is not a valid DNS name for SNI")]
     BadName(String),
     #[error("cannot set up TLS: {0}")]
-    Setup(rustls::Error),
+    Setup(String),
 }
 
 /// Everything a certificate is valid for.
@@ -220,58 +217,13 @@ pub fn cert_sans(der: &[u8]) -> Result<Sans, DoctorError> {
     Ok(sans)
 }
 
-/// Accepts any certificate: doctor reads certificates to report on them, and the
-/// certificate it is asked about is exactly the one that may not verify. Handshake
-/// signatures are still checked, so what is read is what the server holds the key to.
-#[derive(Debug)]
-struct ReadOnly(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for ReadOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
+/// Accepts any certificate (the health prober's unverified client: handshake signatures
+/// are still checked): doctor reads certificates to report on them, and the certificate
+/// it is asked about is exactly the one that may not verify.
 fn tls_config() -> Result<Arc<rustls::ClientConfig>, DoctorError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let algs = provider.signature_verification_algorithms;
-    let cfg =
-        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider) as Arc<CryptoProvider>)
-            .with_safe_default_protocol_versions()
-            .map_err(DoctorError::Setup)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ReadOnly(algs)))
-            .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    crate::health::client_config(None)
+        .map(Arc::new)
+        .map_err(|e| DoctorError::Setup(e.to_string()))
 }
 
 /// Connects to `addr` and returns the SANs of the certificate it presents. `sni` is sent

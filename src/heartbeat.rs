@@ -32,7 +32,7 @@ pub struct Stats {
     /// Datagrams the kernel would not take at once (buffer full, no route).
     pub send_failed: u64,
     pub received: u64,
-    /// Rejected datagrams by reason (the wire codec's names, plus `unknown_address`).
+    /// Rejected datagrams by reason (the wire codec's names).
     pub rejected: BTreeMap<String, u64>,
 }
 

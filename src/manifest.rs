@@ -129,8 +129,9 @@ spec:
   # The VIP, the announcements and the forwarder live in the node's network namespace.
   hostNetwork: true
   priorityClassName: system-node-critical
-  # Time to release the VIP and hand leadership over on SIGTERM.
-  terminationGracePeriodSeconds: 15
+  # SIGTERM hands the VIP over in milliseconds, then the forwarder drains open
+  # connections for up to forward.drain_timeout (30 s): leave room for both.
+  terminationGracePeriodSeconds: 45
   containers:
     - name: apivip
       image: {image}
@@ -269,9 +270,10 @@ Environment=APIVIP_KEY_FILE={key}
 Environment=APIVIP_STATE_DIR={state}
 Restart=always
 RestartSec=1
-# SIGTERM makes the leader hand over and release the VIP before exiting.
+# SIGTERM makes the leader hand over and release the VIP, then the forwarder drains open
+# connections for up to forward.drain_timeout (30 s) before exiting.
 KillSignal=SIGTERM
-TimeoutStopSec=15
+TimeoutStopSec=45
 # Runs as root but holds only the two capabilities it needs.
 CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
 AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW

@@ -223,7 +223,13 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
         tokio::select! {
             r = d.transport.recv() => match r {
                 Ok(Inbound::Message(m)) => {
-                    d.metrics.heartbeat_received(m.from);
+                    if d.cfg.peers.iter().any(|p| p.id == m.from) {
+                        d.metrics.heartbeat_received(m.from);
+                    } else {
+                        // Authenticated but not a member (a removed node still running):
+                        // the election ignores it (Rule M1); count it as such.
+                        d.metrics.heartbeat_rejected_reason("unknown_peer");
+                    }
                     d.handle(Event::Message { from: m.from, msg: m.msg })
                 }
                 Ok(Inbound::Rejected { from, error }) => {
