@@ -51,10 +51,15 @@ fn demo_runs_and_cleans_up() {
     if !require_root("demo_runs_and_cleans_up") {
         return;
     }
-    let out = std::process::Command::new(BIN)
+    let child = std::process::Command::new(BIN)
         .arg("demo")
-        .output()
-        .expect("apivip demo runs");
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("apivip demo starts");
+    // The demo names its namespaces after its own pid, so parallel runs never collide.
+    let prefix = format!("avt{}x", child.id());
+    let out = child.wait_with_output().expect("apivip demo runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -75,9 +80,7 @@ fn demo_runs_and_cleans_up() {
         .args(["netns", "list"])
         .output()
         .expect("ip netns list");
-    let me = format!("avt{}x", std::process::id());
-    assert!(
-        !String::from_utf8_lossy(&left.stdout).contains(&me),
-        "demo left namespaces"
-    );
+    let list = String::from_utf8_lossy(&left.stdout);
+    let leftover: Vec<&str> = list.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert!(leftover.is_empty(), "demo left namespaces: {leftover:?}");
 }
