@@ -118,6 +118,10 @@ struct ManifestArgs {
     /// The binary the systemd unit starts.
     #[arg(long, default_value = apivip::manifest::BINARY)]
     binary: PathBuf,
+    /// A worker's static pod: the forwarder alone on 127.0.0.1:6443, no key, no
+    /// capabilities (static pod only).
+    #[arg(long)]
+    proxy_only: bool,
 }
 
 impl ManifestArgs {
@@ -128,6 +132,7 @@ impl ManifestArgs {
             key: self.key,
             metrics: self.metrics_address,
             binary: self.binary,
+            proxy_only: self.proxy_only,
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct Options {
     pub metrics: SocketAddr,
     /// The binary the unit starts.
     pub binary: PathBuf,
+    /// A worker's pod: the forwarder alone on 127.0.0.1:6443 (kubespray's nginx-proxy
+    /// role), so no key, no state, no control socket and no capabilities.
+    pub proxy_only: bool,
 }
 
 impl Default for Options {
@@ -36,6 +39,7 @@ impl Default for Options {
             key: DEFAULT_KEY.into(),
             metrics: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9405),
             binary: BINARY.into(),
+            proxy_only: false,
         }
     }
 }
@@ -107,6 +111,9 @@ fn qp(p: &Path) -> String {
 /// The kubelet static pod manifest, for /etc/kubernetes/manifests/apivip.yaml.
 pub fn static_pod(o: &Options) -> Result<String, ManifestError> {
     o.check()?;
+    if o.proxy_only {
+        return Ok(worker_pod(o));
+    }
     let port = o.metrics.port();
     let host = q(&o.probe_host().to_string());
     let mut y = String::new();
@@ -225,6 +232,91 @@ spec:
         metrics = q(&o.metrics.to_string()),
     );
     Ok(y)
+}
+
+/// The worker's pod: the same probes on the metrics endpoint, but nothing the election
+/// needs, and no capability at all (binding 127.0.0.1:6443 needs none).
+fn worker_pod(o: &Options) -> String {
+    let port = o.metrics.port();
+    let host = q(&o.probe_host().to_string());
+    format!(
+        r#"# apivip proxy-only static pod (a worker's apiserver proxy on 127.0.0.1:6443), generated
+# by `apivip manifest static-pod --proxy-only` (apivip {version}). Copy to
+# /etc/kubernetes/manifests/apivip.yaml on every worker, with the config (no [vip]
+# section) at {config_c}; kubelet and kube-proxy then use https://127.0.0.1:6443.
+apiVersion: v1
+kind: Pod
+metadata:
+  name: apivip-proxy
+  namespace: kube-system
+  labels:
+    app.kubernetes.io/name: apivip
+    app.kubernetes.io/component: apiserver-proxy
+spec:
+  hostNetwork: true
+  priorityClassName: system-node-critical
+  # Open connections drain for up to forward.drain_timeout (30 s) on SIGTERM.
+  terminationGracePeriodSeconds: 45
+  containers:
+    - name: apivip
+      image: {image}
+      imagePullPolicy: IfNotPresent
+      command:
+        - {binary}
+        - run
+        - --proxy-only
+        - --config
+        - {config}
+      env:
+        - name: APIVIP_METRICS__ADDRESS
+          value: {metrics}
+      securityContext:
+        runAsUser: 0
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities:
+          drop:
+            - ALL
+      resources:
+        requests:
+          cpu: 25m
+          memory: 16Mi
+      livenessProbe:
+        httpGet:
+          host: {host}
+          path: /healthz
+          port: {port}
+          scheme: HTTP
+        initialDelaySeconds: 5
+        periodSeconds: 10
+        timeoutSeconds: 2
+        failureThreshold: 3
+      readinessProbe:
+        httpGet:
+          host: {host}
+          path: /readyz
+          port: {port}
+          scheme: HTTP
+        periodSeconds: 5
+        timeoutSeconds: 2
+        failureThreshold: 2
+      volumeMounts:
+        - name: config
+          mountPath: {config}
+          readOnly: true
+  volumes:
+    - name: config
+      hostPath:
+        path: {config}
+        type: File
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        config_c = o.config.display(),
+        image = q(&o.image),
+        binary = qp(&o.binary),
+        config = qp(&o.config),
+        metrics = q(&o.metrics.to_string()),
+    )
 }
 
 /// systemd splits ExecStart on whitespace, unquotes quotes and expands `%` specifiers;

@@ -578,3 +578,46 @@ fn every_example_config_passes_check_config() {
     }
     assert!(n >= 4, "expected node1-3 and worker-proxy, found {n}");
 }
+
+/// The worker's pod: checked in, a valid pod, proxy-only, no key, no capability.
+#[test]
+fn the_worker_static_pod_is_proxy_only_with_no_capabilities() {
+    let o = Options {
+        proxy_only: true,
+        ..Options::default()
+    };
+    let text = manifest::static_pod(&o).unwrap();
+    assert_eq!(
+        read("static-pod-worker.yaml"),
+        text,
+        "deploy/static-pod-worker.yaml is stale: apivip manifest static-pod --proxy-only > deploy/static-pod-worker.yaml"
+    );
+    let pod = load_pod(&text);
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(
+        strings(&c["command"]),
+        [
+            "/usr/local/bin/apivip",
+            "run",
+            "--proxy-only",
+            "--config",
+            "/etc/apivip/config.toml"
+        ]
+    );
+    let caps = &c["securityContext"]["capabilities"];
+    assert_eq!(strings(&caps["drop"]), ["ALL"]);
+    assert!(caps["add"].is_badvalue(), "a worker needs no capability");
+    assert!(
+        !text.contains("/etc/apivip/key"),
+        "a worker has no key:\n{text}"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"].as_i64(), Some(9405));
+    }
+    let out = apivip()
+        .args(["manifest", "static-pod", "--proxy-only"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), text);
+}
