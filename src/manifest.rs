@@ -114,6 +114,7 @@ pub fn static_pod(o: &Options) -> Result<String, ManifestError> {
     if o.proxy_only {
         return Ok(worker_pod(o));
     }
+    let dirs = file_dirs(&[&o.config, &o.key]);
     let port = o.metrics.port();
     let host = q(&o.probe_host().to_string());
     let mut y = String::new();
@@ -192,26 +193,12 @@ spec:
         timeoutSeconds: 2
         failureThreshold: 2
       volumeMounts:
-        - name: config
-          mountPath: {config}
-          readOnly: true
-        - name: key
-          mountPath: {key}
-          readOnly: true
-        - name: state
+{file_mounts}        - name: state
           mountPath: {state}
         - name: run
           mountPath: {run}
   volumes:
-    - name: config
-      hostPath:
-        path: {config}
-        type: File
-    - name: key
-      hostPath:
-        path: {key}
-        type: File
-    - name: state
+{file_volumes}    - name: state
       hostPath:
         path: {state}
         type: DirectoryOrCreate
@@ -230,6 +217,8 @@ spec:
         state = q(STATE_DIR),
         run = q(RUN_DIR),
         metrics = q(&o.metrics.to_string()),
+        file_mounts = mounts(&dirs),
+        file_volumes = volumes(&dirs),
     );
     Ok(y)
 }
@@ -237,6 +226,7 @@ spec:
 /// The worker's pod: the same probes on the metrics endpoint, but nothing the election
 /// needs, and no capability at all (binding 127.0.0.1:6443 needs none).
 fn worker_pod(o: &Options) -> String {
+    let dirs = file_dirs(&[&o.config]);
     let port = o.metrics.port();
     let host = q(&o.probe_host().to_string());
     format!(
@@ -301,22 +291,55 @@ spec:
         timeoutSeconds: 2
         failureThreshold: 2
       volumeMounts:
-        - name: config
-          mountPath: {config}
-          readOnly: true
-  volumes:
-    - name: config
-      hostPath:
-        path: {config}
-        type: File
-"#,
+{file_mounts}  volumes:
+{file_volumes}"#,
         version = env!("CARGO_PKG_VERSION"),
         config_c = o.config.display(),
         image = q(&o.image),
         binary = qp(&o.binary),
         config = qp(&o.config),
         metrics = q(&o.metrics.to_string()),
+        file_mounts = mounts(&dirs),
+        file_volumes = volumes(&dirs),
     )
+}
+
+/// The directories holding the config and key files, each once, named for the volumes.
+/// Directories, not the files: an editor's atomic save (or `mv`) replaces a file with a
+/// new inode, and a file mount would keep showing the container the old one after SIGHUP.
+fn file_dirs(files: &[&Path]) -> Vec<(&'static str, PathBuf)> {
+    let mut out: Vec<(&'static str, PathBuf)> = Vec::new();
+    for (f, name) in files.iter().zip(["config", "key"]) {
+        let dir = f
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        if !out.iter().any(|(_, d)| *d == dir) {
+            out.push((name, dir));
+        }
+    }
+    out
+}
+
+fn mounts(dirs: &[(&'static str, PathBuf)]) -> String {
+    dirs.iter()
+        .map(|(name, d)| {
+            format!(
+                "        - name: {name}\n          mountPath: {}\n          readOnly: true\n",
+                qp(d)
+            )
+        })
+        .collect()
+}
+
+fn volumes(dirs: &[(&'static str, PathBuf)]) -> String {
+    dirs.iter()
+        .map(|(name, d)| {
+            format!(
+                "    - name: {name}\n      hostPath:\n        path: {}\n        type: Directory\n",
+                qp(d)
+            )
+        })
+        .collect()
 }
 
 /// systemd splits ExecStart on whitespace, unquotes quotes and expands `%` specifiers;

@@ -354,8 +354,10 @@ fn the_static_pod_is_a_valid_pod_with_the_required_settings() {
         );
         mounted.insert(host.to_string(), m["readOnly"].as_bool().unwrap_or(false));
     }
-    assert!(mounted["/etc/apivip/config.toml"]);
-    assert!(mounted["/etc/apivip/key"]);
+    // The directory, not the files: an editor's atomic save replaces the file, and a file
+    // mount would keep the old one in the container after SIGHUP.
+    assert!(mounted["/etc/apivip"]);
+    assert!(!mounted.contains_key("/etc/apivip/config.toml"));
     assert!(!mounted["/var/lib/apivip"]);
     assert!(!mounted["/run/apivip"]);
 }
@@ -392,12 +394,33 @@ fn options_reach_the_static_pod() {
     assert_eq!(c["image"].as_str(), Some("registry.example/apivip:dev"));
     assert_eq!(c["command"][3].as_str(), Some("/srv/apivip.toml"));
     assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_i64(), Some(19405));
+    // Config and key share /srv: one read-only directory mount.
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert_eq!(
+        mounts.iter().filter(|m| **m == "/srv").count(),
+        1,
+        "{mounts:?}"
+    );
+    // A key elsewhere gets its own directory mount.
+    let o = Options {
+        key: "/etc/apivip-keys/key".into(),
+        ..o
+    };
+    let pod = load_pod(&manifest::static_pod(&o).unwrap());
+    let mounts: Vec<String> = pod["spec"]["containers"][0]["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str().map(String::from))
+        .collect();
     assert!(
-        c["volumeMounts"]
-            .as_vec()
-            .unwrap()
-            .iter()
-            .any(|m| m["mountPath"].as_str() == Some("/srv/apivip.key"))
+        mounts.contains(&"/srv".to_string()) && mounts.contains(&"/etc/apivip-keys".to_string()),
+        "{mounts:?}"
     );
 }
 
