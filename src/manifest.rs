@@ -115,8 +115,6 @@ pub fn static_pod(o: &Options) -> Result<String, ManifestError> {
         return Ok(worker_pod(o));
     }
     let dirs = file_dirs(&[&o.config, &o.key]);
-    let port = o.metrics.port();
-    let host = q(&o.probe_host().to_string());
     let mut y = String::new();
     // `write!` into a String cannot fail; the results are ignored on purpose.
     let _ = write!(
@@ -173,26 +171,7 @@ spec:
         requests:
           cpu: 50m
           memory: 32Mi
-      livenessProbe:
-        httpGet:
-          host: {host}
-          path: /healthz
-          port: {port}
-          scheme: HTTP
-        initialDelaySeconds: 5
-        periodSeconds: 10
-        timeoutSeconds: 2
-        failureThreshold: 3
-      readinessProbe:
-        httpGet:
-          host: {host}
-          path: /readyz
-          port: {port}
-          scheme: HTTP
-        periodSeconds: 5
-        timeoutSeconds: 2
-        failureThreshold: 2
-      volumeMounts:
+{probes}      volumeMounts:
 {file_mounts}        - name: state
           mountPath: {state}
         - name: run
@@ -219,6 +198,7 @@ spec:
         metrics = q(&o.metrics.to_string()),
         file_mounts = mounts(&dirs),
         file_volumes = volumes(&dirs),
+        probes = probes(o),
     );
     Ok(y)
 }
@@ -227,8 +207,6 @@ spec:
 /// needs, and no capability at all (binding 127.0.0.1:6443 needs none).
 fn worker_pod(o: &Options) -> String {
     let dirs = file_dirs(&[&o.config]);
-    let port = o.metrics.port();
-    let host = q(&o.probe_host().to_string());
     format!(
         r#"# apivip proxy-only static pod (a worker's apiserver proxy on 127.0.0.1:6443), generated
 # by `apivip manifest static-pod --proxy-only` (apivip {version}). Copy to
@@ -271,26 +249,7 @@ spec:
         requests:
           cpu: 25m
           memory: 16Mi
-      livenessProbe:
-        httpGet:
-          host: {host}
-          path: /healthz
-          port: {port}
-          scheme: HTTP
-        initialDelaySeconds: 5
-        periodSeconds: 10
-        timeoutSeconds: 2
-        failureThreshold: 3
-      readinessProbe:
-        httpGet:
-          host: {host}
-          path: /readyz
-          port: {port}
-          scheme: HTTP
-        periodSeconds: 5
-        timeoutSeconds: 2
-        failureThreshold: 2
-      volumeMounts:
+{probes}      volumeMounts:
 {file_mounts}  volumes:
 {file_volumes}"#,
         version = env!("CARGO_PKG_VERSION"),
@@ -301,7 +260,30 @@ spec:
         metrics = q(&o.metrics.to_string()),
         file_mounts = mounts(&dirs),
         file_volumes = volumes(&dirs),
+        probes = probes(o),
     )
+}
+
+/// Liveness and readiness on the metrics endpoint, the same for both pods.
+fn probes(o: &Options) -> String {
+    let host = q(&o.probe_host().to_string());
+    let port = o.metrics.port();
+    let mut y = String::new();
+    for (probe, path, extra, threshold) in [
+        (
+            "livenessProbe",
+            "/healthz",
+            "        initialDelaySeconds: 5\n        periodSeconds: 10\n",
+            3,
+        ),
+        ("readinessProbe", "/readyz", "        periodSeconds: 5\n", 2),
+    ] {
+        let _ = write!(
+            y,
+            "      {probe}:\n        httpGet:\n          host: {host}\n          path: {path}\n          port: {port}\n          scheme: HTTP\n{extra}        timeoutSeconds: 2\n        failureThreshold: {threshold}\n"
+        );
+    }
+    y
 }
 
 /// The directories holding the config and key files, each once, named for the volumes.

@@ -63,7 +63,7 @@ fn vip() -> Option<IpAddr> {
 // kubeadm's default apiserver SANs, without the VIP.
 const WITHOUT: &[&str] = &[
     "127.0.0.1",
-    "10.96.0.1",
+    "198.51.100.1",
     "192.0.2.11",
     "kubernetes",
     "kubernetes.default",
@@ -88,7 +88,7 @@ async fn a_certificate_without_the_vip_fails_and_names_the_fix() {
     );
     assert!(
         c.detail
-            .contains("valid for 127.0.0.1, 10.96.0.1, 192.0.2.11, kubernetes"),
+            .contains("valid for 127.0.0.1, 198.51.100.1, 192.0.2.11, kubernetes"),
         "{}",
         c.detail
     );
