@@ -439,20 +439,33 @@ pub fn takes_back(tb: &Testbed, w: &mut Watch, h: usize, what: &str) -> (Duratio
     (back, served)
 }
 
+/// After a fault on holder `h` at `t0`: the time until another node alone holds the VIP,
+/// who then serves the client and when; then 300 ms more of watching for two holders.
+fn moved_off(
+    tb: &Testbed,
+    w: &mut Watch,
+    h: usize,
+    t0: Instant,
+    what: &str,
+) -> (Duration, String, Duration) {
+    let kernel = w.until(
+        tb,
+        Duration::from_secs(5),
+        &format!("a new holder after {what}"),
+        |hs| matches!(hs, [one] if *one != h),
+    );
+    let (who, served) = served_by_other(tb, h, t0, Duration::from_secs(5));
+    w.run_for(tb, Duration::from_millis(300));
+    (kernel, who, served)
+}
+
 /// Scenario 3: the holder's link goes down: another node takes over, never two holders.
 pub fn link_down(ipv6: bool) {
     let (tb, h) = up(spec(ipv6));
     let mut w = Watch::default();
     let t0 = Instant::now();
     tb.topo.node(h).link_down().unwrap();
-    let kernel = w.until(
-        &tb,
-        Duration::from_secs(5),
-        "a new holder after link down",
-        |hs| matches!(hs, [one] if *one != h),
-    );
-    let (who, served) = served_by_other(&tb, h, t0, Duration::from_secs(5));
-    w.run_for(&tb, Duration::from_millis(300));
+    let (kernel, who, served) = moved_off(&tb, &mut w, h, t0, "link down");
     println!(
         "link down on node {}: new holder in kernel after {:.0} ms, client served by {who} after {:.0} ms; dual-holder samples {}",
         h + 1,
@@ -479,14 +492,7 @@ pub fn apiserver_unready(ipv6: bool) {
     let mut w = Watch::default();
     let t0 = Instant::now();
     tb.set_unready(h, true).unwrap();
-    let kernel = w.until(
-        &tb,
-        Duration::from_secs(5),
-        "a new holder after unready",
-        |hs| matches!(hs, [one] if *one != h),
-    );
-    let (who, served) = served_by_other(&tb, h, t0, Duration::from_secs(5));
-    w.run_for(&tb, Duration::from_millis(300));
+    let (kernel, who, served) = moved_off(&tb, &mut w, h, t0, "unready");
     println!(
         "apiserver of node {} unready: new holder in kernel after {:.0} ms, client served by {who} after {:.0} ms (health check: 200 ms interval, fall 2); dual-holder samples {}, gaps {}",
         h + 1,

@@ -16,20 +16,6 @@ fn main() {
         .and_then(|p| Profile::from_name(&p))
         .unwrap_or(Profile::Default);
     let end: Option<f64> = args.next().and_then(|s| s.parse().ok());
-    let all = [
-        Family::Faults,
-        Family::Freeze,
-        Family::Handover,
-        Family::Bootstrap,
-        Family::Replace,
-        Family::TwoNode,
-        Family::PartialPartition,
-        Family::SlowPrevote,
-        Family::StaleTransfer,
-        Family::SlowRelease,
-        Family::LateAcks,
-        Family::ForgetfulVoter,
-    ];
     if family == "failover" {
         for seed in 0..seed {
             let r = apivip_proto::sim::scenario::failover_run(profile, 0.0, seed, false);
@@ -47,27 +33,23 @@ fn main() {
         }
         return;
     }
-    let Some(family) = all.into_iter().find(|f| f.name() == family) else {
+    let Some(family) = Family::from_name(&family) else {
         eprintln!("unknown family {family}");
         std::process::exit(2);
     };
     let mut rules = Rules::ALL;
-    for off in std::env::var("RULES_OFF").unwrap_or_default().split(',') {
-        match off {
-            "promise_check" => rules.promise_check = false,
-            "lease_check" => rules.lease_check = false,
-            "restart_silence" => rules.restart_silence = false,
-            "release_before_vote" => rules.release_before_vote = false,
-            "no_resume_after_transfer" => rules.no_resume_after_transfer = false,
-            "members_only" => rules.members_only = false,
-            "prevote" => rules.prevote = false,
-            "prevote_recheck" => rules.prevote_recheck = false,
-            "acks_during_silence" => rules.acks_during_silence = false,
-            "fresh_refresh" => rules.fresh_refresh = false,
-            "persist" => rules.persist = false,
-            "two_node_tiebreak" => rules.two_node_tiebreak = false,
-            _ => {}
-        }
+    for off in std::env::var("RULES_OFF")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|o| !o.is_empty())
+    {
+        rules = rules.without(off).unwrap_or_else(|| {
+            eprintln!(
+                "RULES_OFF: unknown rule {off} (rules: {})",
+                Rules::NAMES.join(", ")
+            );
+            std::process::exit(2)
+        });
     }
     let mut sc = Scenario::build(family, seed, rules, profile);
     sc.config.trace = true;

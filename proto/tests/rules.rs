@@ -16,9 +16,8 @@ fn first_failure(family: Family, rules: Rules, profile: Profile) -> Option<(u64,
     })
 }
 
-fn rule_is_needed(name: &str, off: fn(&mut Rules), families: &[(Family, Profile)]) {
-    let mut rules = Rules::ALL;
-    off(&mut rules);
+fn rule_is_needed(name: &str, families: &[(Family, Profile)]) {
+    let rules = Rules::ALL.without(name).expect("a rule's name");
     for &(family, profile) in families {
         if let Some((seed, why)) = first_failure(family, rules, profile) {
             // The same schedule with every rule on must pass: the failure is the rule's.
@@ -41,7 +40,6 @@ const D: Profile = Profile::Default;
 fn promise_check() {
     rule_is_needed(
         "promise_check",
-        |r| r.promise_check = false,
         &[(Family::PartialPartition, D), (Family::Faults, D)],
     );
 }
@@ -50,97 +48,62 @@ fn promise_check() {
 fn lease_check() {
     rule_is_needed(
         "lease_check",
-        |r| r.lease_check = false,
         &[(Family::PartialPartition, D), (Family::Faults, D)],
     );
 }
 
 #[test]
 fn restart_silence() {
-    rule_is_needed(
-        "restart_silence",
-        |r| r.restart_silence = false,
-        &[(Family::PartialPartition, D)],
-    );
+    rule_is_needed("restart_silence", &[(Family::PartialPartition, D)]);
 }
 
 #[test]
 fn release_before_vote() {
-    rule_is_needed(
-        "release_before_vote",
-        |r| r.release_before_vote = false,
-        &[(Family::SlowRelease, D)],
-    );
+    rule_is_needed("release_before_vote", &[(Family::SlowRelease, D)]);
 }
 
 #[test]
 fn no_resume_after_transfer() {
-    rule_is_needed(
-        "no_resume_after_transfer",
-        |r| r.no_resume_after_transfer = false,
-        &[(Family::StaleTransfer, D)],
-    );
+    rule_is_needed("no_resume_after_transfer", &[(Family::StaleTransfer, D)]);
 }
 
 #[test]
 fn members_only() {
-    rule_is_needed(
-        "members_only",
-        |r| r.members_only = false,
-        &[(Family::Replace, D)],
-    );
+    rule_is_needed("members_only", &[(Family::Replace, D)]);
 }
 
 #[test]
 fn prevote_recheck() {
-    rule_is_needed(
-        "prevote_recheck",
-        |r| r.prevote_recheck = false,
-        &[(Family::SlowPrevote, D)],
-    );
+    rule_is_needed("prevote_recheck", &[(Family::SlowPrevote, D)]);
 }
 
 #[test]
 fn persist() {
     rule_is_needed(
         "persist",
-        |r| r.persist = false,
         &[(Family::ForgetfulVoter, D), (Family::Handover, D)],
     );
 }
 
 #[test]
 fn acks_during_silence() {
-    rule_is_needed(
-        "acks_during_silence",
-        |r| r.acks_during_silence = false,
-        &[(Family::Bootstrap, D)],
-    );
+    rule_is_needed("acks_during_silence", &[(Family::Bootstrap, D)]);
 }
 
 #[test]
 fn fresh_refresh() {
-    rule_is_needed(
-        "fresh_refresh",
-        |r| r.fresh_refresh = false,
-        &[(Family::LateAcks, Profile::Strict)],
-    );
+    rule_is_needed("fresh_refresh", &[(Family::LateAcks, Profile::Strict)]);
 }
 
 #[test]
 fn two_node_tiebreak() {
-    rule_is_needed(
-        "two_node_tiebreak",
-        |r| r.two_node_tiebreak = false,
-        &[(Family::TwoNode, D)],
-    );
+    rule_is_needed("two_node_tiebreak", &[(Family::TwoNode, D)]);
 }
 
 #[test]
 fn prevote() {
     rule_is_needed(
         "prevote",
-        |r| r.prevote = false,
         &[
             (Family::SlowPrevote, D),
             (Family::PartialPartition, D),
@@ -167,4 +130,20 @@ fn aimed_families_pass_with_all_rules() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every rule has a name that turns off exactly that rule.
+#[test]
+fn each_name_turns_off_one_rule() {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in Rules::NAMES {
+        let r = Rules::ALL.without(name).expect("known name");
+        assert_ne!(r, Rules::ALL, "{name} changed nothing");
+        assert_eq!(r.without(name), Some(r), "{name} twice");
+        assert!(
+            seen.insert(format!("{r:?}")),
+            "{name} turns off the same rule as another name"
+        );
+    }
+    assert_eq!(Rules::ALL.without("no_such_rule"), None);
 }

@@ -27,7 +27,7 @@ use crate::control::{
 };
 use crate::forward::ForwarderHandle;
 use crate::heartbeat::{self, Inbound, Transport};
-use crate::metrics::{BackendSample, Metrics, Readiness};
+use crate::metrics::{Metrics, Readiness};
 use crate::state::Store;
 use clock::Clock;
 use vipctl::{VipDone, VipOp};
@@ -199,6 +199,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
         metrics: setup.metrics,
         forwarder: setup.forwarder,
     };
+    let reporter = d.forwarder.as_ref().map(|f| f.report_to(d.metrics.clone()));
     d.metrics.set_peers(
         &d.cfg
             .peers
@@ -244,7 +245,6 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
                     d.handle(Event::Timer);
                 }
                 d.expire_drill(now);
-                d.sample_backends();
             }
             Some(done) = vip_done.recv() => match done {
                 VipDone::Applied { ok } => {
@@ -259,8 +259,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
             Some(ev) = vip_events.recv() => match ev {
                 VipEvent::Removed => {
                     // Our own releases show up here too; only a VIP we believe held is news.
-                    let vip = d.node.status(d.clock.now()).vip;
-                    if matches!(vip, VipState::Held | VipState::Claiming) {
+                    if matches!(d.node.vip(), VipState::Held | VipState::Claiming) {
                         tracing::warn!("the VIP was removed from the kernel by someone else (or its lifetime ran out): putting it back while the lease holds");
                     }
                     d.handle(Event::VipLost);
@@ -298,6 +297,9 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
     }
     setup.readiness.set_election_running(false);
     let _ = crate::manifest::notify_stopping();
+    if let Some(r) = reporter {
+        r.abort();
+    }
     d.release_for_exit(&mut vip_done).await;
     d.metrics.set_vip_held(false);
     tracing::info!("apivip stopped");
@@ -321,25 +323,6 @@ impl Daemon {
             wake = wake.min(self.clock.until(s + SHUTDOWN_HANDOVER));
         }
         wake
-    }
-
-    /// Copies the forwarder's counters into the metrics (cheap: a few atomics per backend).
-    fn sample_backends(&self) {
-        let Some(f) = &self.forwarder else { return };
-        let samples: Vec<BackendSample> = f
-            .snapshot()
-            .into_iter()
-            .map(|b| BackendSample {
-                name: b.address.to_string(),
-                active: b.active,
-                total: b.total,
-                failures: b.failures,
-                bytes_in: b.bytes_in,
-                bytes_out: b.bytes_out,
-                healthy: b.health == crate::forward::BackendHealth::Healthy,
-            })
-            .collect();
-        self.metrics.update_backends(&samples);
     }
 
     fn handle(&mut self, ev: Event) {
@@ -459,7 +442,6 @@ impl Daemon {
 
     fn start_drill(&mut self, to: Option<u32>, reply: Option<oneshot::Sender<Response>>) {
         let now = self.clock.now();
-        let st = self.node.status(now);
         let refuse = |reply: Option<oneshot::Sender<Response>>, message: String| {
             tracing::warn!(%message, "drill not started");
             if let Some(r) = reply {
@@ -469,8 +451,8 @@ impl Daemon {
         if self.drill.is_some() {
             return refuse(reply, "a drill is already running".into());
         }
-        if st.role != RoleName::Leader {
-            let holder = st
+        if self.node.role() != RoleName::Leader {
+            let holder = self
                 .holder
                 .map_or("no node".to_string(), |h| format!("node {h}"));
             return refuse(

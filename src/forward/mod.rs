@@ -217,6 +217,36 @@ impl ForwarderHandle {
         self.current().iter().map(|b| b.stats()).collect()
     }
 
+    /// Copies the backend counters into `metrics` once a second (the forwarder's own path
+    /// never touches the metrics), until the returned task is aborted.
+    pub fn report_to(
+        &self,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> tokio::task::JoinHandle<()> {
+        let handle = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let samples: Vec<crate::metrics::BackendSample> = handle
+                    .snapshot()
+                    .into_iter()
+                    .map(|b| crate::metrics::BackendSample {
+                        name: b.address.to_string(),
+                        active: b.active,
+                        total: b.total,
+                        failures: b.failures,
+                        bytes_in: b.bytes_in,
+                        bytes_out: b.bytes_out,
+                        healthy: b.health == BackendHealth::Healthy,
+                    })
+                    .collect();
+                metrics.update_backends(&samples);
+            }
+        })
+    }
+
     pub fn totals(&self) -> ForwardTotals {
         let s = &self.shared;
         ForwardTotals {

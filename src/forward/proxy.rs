@@ -58,8 +58,7 @@ where
     if let Err(e) = crate::manifest::notify_ready() {
         tracing::debug!(error = %e, "sd_notify READY failed");
     }
-    let mut sample = tokio::time::interval(std::time::Duration::from_secs(1));
-    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let reporter = handle.report_to(metrics.clone());
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
@@ -69,7 +68,6 @@ where
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = sample.tick() => metrics.update_backends(&samples(&handle)),
             _ = hup.recv() => match reload() {
                 Ok(c) => {
                     let new_health = settings::health(&c);
@@ -92,22 +90,7 @@ where
     tracing::info!(target: "apivip::forward", "stopping: draining connections");
     let _ = crate::manifest::notify_stopping();
     handle.drain(drain_timeout).await;
+    reporter.abort();
     let _ = stop_tx.send(());
     Ok(())
-}
-
-fn samples(handle: &super::ForwarderHandle) -> Vec<crate::metrics::BackendSample> {
-    handle
-        .snapshot()
-        .into_iter()
-        .map(|b| crate::metrics::BackendSample {
-            name: b.address.to_string(),
-            active: b.active,
-            total: b.total,
-            failures: b.failures,
-            bytes_in: b.bytes_in,
-            bytes_out: b.bytes_out,
-            healthy: b.health == super::BackendHealth::Healthy,
-        })
-        .collect()
 }

@@ -57,6 +57,43 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// Every rule's field name, for tools that turn rules off by name.
+    pub const NAMES: [&'static str; 12] = [
+        "promise_check",
+        "lease_check",
+        "restart_silence",
+        "release_before_vote",
+        "no_resume_after_transfer",
+        "members_only",
+        "prevote",
+        "prevote_recheck",
+        "acks_during_silence",
+        "fresh_refresh",
+        "persist",
+        "two_node_tiebreak",
+    ];
+
+    /// These rules with `name` turned off; `None` when `name` is not a rule.
+    pub fn without(mut self, name: &str) -> Option<Rules> {
+        let flag = match name {
+            "promise_check" => &mut self.promise_check,
+            "lease_check" => &mut self.lease_check,
+            "restart_silence" => &mut self.restart_silence,
+            "release_before_vote" => &mut self.release_before_vote,
+            "no_resume_after_transfer" => &mut self.no_resume_after_transfer,
+            "members_only" => &mut self.members_only,
+            "prevote" => &mut self.prevote,
+            "prevote_recheck" => &mut self.prevote_recheck,
+            "acks_during_silence" => &mut self.acks_during_silence,
+            "fresh_refresh" => &mut self.fresh_refresh,
+            "persist" => &mut self.persist,
+            "two_node_tiebreak" => &mut self.two_node_tiebreak,
+            _ => return None,
+        };
+        *flag = false;
+        Some(self)
+    }
+
     pub const ALL: Rules = Rules {
         promise_check: true,
         lease_check: true,

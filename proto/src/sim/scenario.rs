@@ -78,6 +78,25 @@ impl Family {
         Family::TwoNode,
     ];
 
+    pub const ALL: [Family; 12] = [
+        Family::Faults,
+        Family::Freeze,
+        Family::Handover,
+        Family::Bootstrap,
+        Family::Replace,
+        Family::TwoNode,
+        Family::PartialPartition,
+        Family::SlowPrevote,
+        Family::StaleTransfer,
+        Family::SlowRelease,
+        Family::LateAcks,
+        Family::ForgetfulVoter,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::Faults => "faults",
