@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -89,23 +89,30 @@ pub(crate) async fn relay(
 ) -> Outcome {
     let last = AtomicU64::new(now_ms());
     let down_total = AtomicU64::new(0);
+    let one_ended = AtomicBool::new(false);
     let up = pump(
         client,
         backend,
         Side::Client,
         opts,
-        counters.up,
-        &last,
-        None,
+        Shared {
+            counter: counters.up,
+            last: &last,
+            total_out: None,
+            one_ended: &one_ended,
+        },
     );
     let down = pump(
         backend,
         client,
         Side::Backend,
         opts,
-        counters.down,
-        &last,
-        Some(&down_total),
+        Shared {
+            counter: counters.down,
+            last: &last,
+            total_out: Some(&down_total),
+            one_ended: &one_ended,
+        },
     );
     let end = tokio::select! {
         r = async { tokio::try_join!(up, down) } => match r {
@@ -141,16 +148,30 @@ enum Path {
 
 type PumpResult = Result<u64, (Side, io::Error)>;
 
+/// What a pump shares with the relay and the other pump.
+struct Shared<'a> {
+    counter: &'a AtomicU64,
+    /// Time of the last byte either way, for the idle timeout.
+    last: &'a AtomicU64,
+    total_out: Option<&'a AtomicU64>,
+    /// Set by the first pump to reach EOF.
+    one_ended: &'a AtomicBool,
+}
+
 /// Moves `src` → `dst` until EOF on `src`, then half-closes `dst`.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     src_side: Side,
     opts: RelayOpts,
-    counter: &AtomicU64,
-    last: &AtomicU64,
-    total_out: Option<&AtomicU64>,
+    shared: Shared<'_>,
 ) -> PumpResult {
+    let Shared {
+        counter,
+        last,
+        total_out,
+        one_ended,
+    } = shared;
     let dst_side = match src_side {
         Side::Client => Side::Backend,
         Side::Backend => Side::Client,
@@ -195,8 +216,14 @@ async fn pump(
             },
         };
         if n == 0 {
-            // ENOTCONN when the peer already reset: nothing left to tell it.
-            let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+            // When the other direction has already ended, both sockets are closed as soon
+            // as this pump returns, and that close sends the FIN (both receive queues are
+            // empty, so it is a FIN, not a reset): the shutdown would be a wasted syscall
+            // on every short-lived connection.
+            if !one_ended.swap(true, Ordering::Relaxed) {
+                // ENOTCONN when the peer already reset: nothing left to tell it.
+                let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+            }
             break Ok(total);
         }
         total += n as u64;
