@@ -376,18 +376,22 @@ fn dedicated_thread(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) 
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut stop = shared.switches.stop_accepting.subscribe();
+    // One wait for the whole loop: a new one per accept would register and unregister a
+    // waiter on the watch (a lock shared by every forwarder thread) on every connection.
+    let stop = switched_on(&mut stop);
+    tokio::pin!(stop);
     loop {
         // Take the permit first: over the cap, connections wait in the kernel backlog
         // (as with haproxy's maxconn) instead of being accepted and dropped.
         let permit = tokio::select! {
-            _ = switched_on(&mut stop) => return,
+            _ = &mut stop => return,
             p = shared.permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
         let sock = tokio::select! {
-            _ = switched_on(&mut stop) => return,
+            _ = &mut stop => return,
             r = listener.accept() => match r {
                 Ok((sock, _)) => sock,
                 Err(e) => {

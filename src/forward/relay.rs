@@ -90,32 +90,38 @@ pub(crate) async fn relay(
     let last = AtomicU64::new(now_ms());
     let down_total = AtomicU64::new(0);
     let one_ended = AtomicBool::new(false);
-    let up = pump(
-        client,
-        backend,
-        Side::Client,
-        opts,
-        Shared {
-            counter: counters.up,
-            last: &last,
-            total_out: None,
-            one_ended: &one_ended,
-        },
-    );
-    let down = pump(
-        backend,
-        client,
-        Side::Backend,
-        opts,
-        Shared {
-            counter: counters.down,
-            last: &last,
-            total_out: Some(&down_total),
-            one_ended: &one_ended,
-        },
-    );
+    // The pumps are built inside the join, not bound to locals first: a future held in a
+    // local and then moved into the join takes space twice in this future's state, and
+    // every connection's task is allocated and moved at that size.
     let end = tokio::select! {
-        r = async { tokio::try_join!(up, down) } => match r {
+        r = async {
+            tokio::try_join!(
+                pump(
+                    client,
+                    backend,
+                    Side::Client,
+                    opts,
+                    Shared {
+                        counter: counters.up,
+                        last: &last,
+                        total_out: None,
+                        one_ended: &one_ended,
+                    },
+                ),
+                pump(
+                    backend,
+                    client,
+                    Side::Backend,
+                    opts,
+                    Shared {
+                        counter: counters.down,
+                        last: &last,
+                        total_out: Some(&down_total),
+                        one_ended: &one_ended,
+                    },
+                )
+            )
+        } => match r {
             Ok(_) => End::Done,
             Err((side, e)) => End::Error(side, e),
         },
