@@ -364,3 +364,39 @@ fn routes_to_peers_on_loopback() {
     assert_eq!(own.status, Status::Fail, "{own:?}");
     assert!(own.detail.contains("192.0.2.250"), "{own:?}");
 }
+
+/// docs/operations.md shows how to compute the signing key's fingerprint by hand, to
+/// compare with what `apivip doctor` prints. The pipeline is taken from the doc and run
+/// on a key file with the shapes the parser accepts (a comment, blank lines, surrounding
+/// whitespace, CRLF, a second key), and must give the daemon's fingerprint.
+#[test]
+fn the_documented_fingerprint_pipeline_matches_the_daemon() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let after = doc
+        .split_once("A fingerprint by hand:")
+        .expect("docs/operations.md no longer says \"A fingerprint by hand:\"")
+        .1;
+    let block = after
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("no ```sh block after \"A fingerprint by hand:\"")
+        .0;
+    assert!(
+        block.contains("/etc/apivip/key"),
+        "the documented pipeline no longer reads /etc/apivip/key: {block}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let contents = "# rotated 2026-11-01\r\n\r\n   Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8=  \r\n\nc2Vjb25kLWtleS1zdGlsbC12ZXJpZmllcy1mb3ItYS13aGlsZQ==\n";
+    std::fs::write(&key, contents).unwrap();
+    let script = block.replace("/etc/apivip/key", key.to_str().unwrap());
+    let out = std::process::Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+    let by_hand = String::from_utf8(out.stdout).unwrap();
+    let ring = apivip_proto::wire::Keyring::parse(contents).unwrap();
+    assert_eq!(by_hand.trim(), ring.fingerprint(), "pipeline: {script}");
+}
