@@ -101,7 +101,7 @@ pub(crate) async fn relay(
                     backend,
                     Side::Client,
                     opts,
-                    Shared {
+                    PumpShared {
                         counter: counters.up,
                         last: &last,
                         total_out: None,
@@ -113,7 +113,7 @@ pub(crate) async fn relay(
                     client,
                     Side::Backend,
                     opts,
-                    Shared {
+                    PumpShared {
                         counter: counters.down,
                         last: &last,
                         total_out: Some(&down_total),
@@ -155,7 +155,7 @@ enum Path {
 type PumpResult = Result<u64, (Side, io::Error)>;
 
 /// What a pump shares with the relay and the other pump.
-struct Shared<'a> {
+struct PumpShared<'a> {
     counter: &'a AtomicU64,
     /// Time of the last byte either way, for the idle timeout.
     last: &'a AtomicU64,
@@ -170,9 +170,9 @@ async fn pump(
     dst: &TcpStream,
     src_side: Side,
     opts: RelayOpts,
-    shared: Shared<'_>,
+    shared: PumpShared<'_>,
 ) -> PumpResult {
-    let Shared {
+    let PumpShared {
         counter,
         last,
         total_out,
