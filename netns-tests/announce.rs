@@ -8,28 +8,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use apivip::announce::{AnnounceConfig, Announcer, ArpForm};
-use apivip::netns::{Node, Topology, TopologySpec, VIP4, VIP6, in_netns, require_root};
+use apivip::netns::{Node, VIP4, VIP6, in_netns, require_root};
 use apivip::vip::{Placement, Vip, VipSpec};
 use socket2::{Domain, Protocol, Socket, Type};
+use support::{rt, topo};
+
+mod support;
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn topo(nodes: usize, ipv6: bool) -> Topology {
-    Topology::build(&TopologySpec {
-        nodes,
-        clients: 1,
-        ipv6,
-    })
-    .expect("build topology")
-}
 
 /// Announcements for `vip` seen on the client's eth0 during `window`: (arrival, frame).
 struct Capture(std::thread::JoinHandle<Vec<(Instant, Vec<u8>)>>);
@@ -172,7 +159,7 @@ fn gratuitous_arp_moves_the_clients_entry_in_both_forms() {
     if !require_root("gratuitous_arp_moves_the_clients_entry_in_both_forms") {
         return;
     }
-    let t = topo(2, false);
+    let t = topo(2, 1, false);
     let c = t.client(0);
     let vip = IpAddr::V4(VIP4);
     hold_and_learn(t.node(0), c, vip);
@@ -204,7 +191,7 @@ fn neighbour_advertisement_moves_the_clients_entry() {
     if !require_root("neighbour_advertisement_moves_the_clients_entry") {
         return;
     }
-    let t = topo(2, true);
+    let t = topo(2, 1, true);
     let c = t.client(0);
     let vip = IpAddr::V6(VIP6);
     hold_and_learn(t.node(0), c, vip);
@@ -238,7 +225,7 @@ fn announce_sends_the_first_round_at_once_then_the_burst_then_stops() {
     if !require_root("announce_sends_the_first_round_at_once_then_the_burst_then_stops") {
         return;
     }
-    let t = topo(1, false);
+    let t = topo(1, 1, false);
     let (n, c) = (t.node(0), t.client(0));
     let mac = n.mac().unwrap();
     let cap = Capture::start(c, VIP4.into(), Duration::from_millis(900));
@@ -287,7 +274,7 @@ fn refresh_keeps_announcing_until_the_announcement_is_dropped() {
     if !require_root("refresh_keeps_announcing_until_the_announcement_is_dropped") {
         return;
     }
-    let t = topo(1, true);
+    let t = topo(1, 1, true);
     let (n, c) = (t.node(0), t.client(0));
     let cap = Capture::start(c, VIP6.into(), Duration::from_millis(1000));
     let cfg = AnnounceConfig {
@@ -332,7 +319,7 @@ fn failover_vip_install_then_announce_moves_the_client() {
     if !require_root("failover_vip_install_then_announce_moves_the_client") {
         return;
     }
-    let t = topo(2, true);
+    let t = topo(2, 1, true);
     let c = t.client(0);
     for (vip, prefix) in [(IpAddr::V4(VIP4), 32u8), (IpAddr::V6(VIP6), 64)] {
         let spec = VipSpec {

@@ -5,16 +5,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use apivip::netns::{AddrProbe, Topology, TopologySpec, VIP4, cleanup_stale, require_root};
+use apivip::netns::{AddrProbe, VIP4, cleanup_stale, require_root};
+use support::topo;
 
-fn topo(nodes: usize, clients: usize, ipv6: bool) -> Topology {
-    Topology::build(&TopologySpec {
-        nodes,
-        clients,
-        ipv6,
-    })
-    .expect("build topology")
-}
+mod support;
 
 fn ns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()

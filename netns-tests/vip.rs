@@ -4,24 +4,11 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use apivip::netns::{AddrProbe, Topology, TopologySpec, VIP4, VIP6, require_root};
+use apivip::netns::{AddrProbe, VIP4, VIP6, require_root};
 use apivip::vip::{Placement, Vip, VipEvent, VipSpec};
+use support::{rt, topo};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn topo(nodes: usize, clients: usize, ipv6: bool) -> Topology {
-    Topology::build(&TopologySpec {
-        nodes,
-        clients,
-        ipv6,
-    })
-    .expect("build topology")
-}
+mod support;
 
 fn spec(addr: IpAddr, prefix: u8, placement: Placement, label: Option<&str>) -> VipSpec {
     VipSpec {
