@@ -60,6 +60,17 @@ fn vip() -> Option<IpAddr> {
     Some(VIP.parse().unwrap())
 }
 
+/// The SAN check of one apiserver against the VIP and `NAME`.
+async fn check_sans(what: &str, addr: SocketAddr) -> doctor::Check {
+    doctor::check_apiserver(
+        &target(what, addr),
+        vip(),
+        &[NAME.to_owned()],
+        Duration::from_secs(5),
+    )
+    .await
+}
+
 // kubeadm's default apiserver SANs, without the VIP.
 const WITHOUT: &[&str] = &[
     "127.0.0.1",
@@ -72,13 +83,7 @@ const WITHOUT: &[&str] = &[
 #[tokio::test]
 async fn a_certificate_without_the_vip_fails_and_names_the_fix() {
     let addr = tls_server(WITHOUT).await;
-    let c = doctor::check_apiserver(
-        &target("peer 2", addr),
-        vip(),
-        &[NAME.to_owned()],
-        Duration::from_secs(5),
-    )
-    .await;
+    let c = check_sans("peer 2", addr).await;
     assert_eq!(c.status, Status::Fail, "{c:?}");
     assert_eq!(c.check, format!("san peer 2 {addr}"));
     assert!(
@@ -110,24 +115,12 @@ async fn a_certificate_with_the_vip_passes() {
     let mut sans = WITHOUT.to_vec();
     sans.extend([VIP, NAME]);
     let addr = tls_server(&sans).await;
-    let c = doctor::check_apiserver(
-        &target("local", addr),
-        vip(),
-        &[NAME.to_owned()],
-        Duration::from_secs(5),
-    )
-    .await;
+    let c = check_sans("local", addr).await;
     assert_eq!(c.status, Status::Ok, "{c:?}");
 
     // The VIP alone is in, the DNS name not: that fails, naming only the name.
     let addr = tls_server(&["127.0.0.1", VIP]).await;
-    let c = doctor::check_apiserver(
-        &target("local", addr),
-        vip(),
-        &[NAME.to_owned()],
-        Duration::from_secs(5),
-    )
-    .await;
+    let c = check_sans("local", addr).await;
     assert_eq!(c.status, Status::Fail);
     assert!(c.detail.contains(&format!(", not {NAME}:")), "{}", c.detail);
 }
@@ -135,13 +128,7 @@ async fn a_certificate_with_the_vip_passes() {
 #[tokio::test]
 async fn wildcard_names_count() {
     let addr = tls_server(&[VIP, "*.k8s.test"]).await;
-    let c = doctor::check_apiserver(
-        &target("local", addr),
-        vip(),
-        &[NAME.to_owned()],
-        Duration::from_secs(5),
-    )
-    .await;
+    let c = check_sans("local", addr).await;
     assert_eq!(c.status, Status::Ok, "{c:?}");
 }
 
