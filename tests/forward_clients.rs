@@ -127,6 +127,25 @@ async fn curl_verifies_the_certificate_through_the_forwarder() {
     assert_eq!(out, "ok");
 }
 
+/// `kubectl get --raw PATH` against the forwarder on 127.0.0.1:`port`: (ok, stdout, stderr).
+async fn kubectl_get_raw(port: u16, path: &str) -> (bool, String, String) {
+    run(
+        "kubectl",
+        vec![
+            "--server".into(),
+            format!("https://127.0.0.1:{port}"),
+            "--insecure-skip-tls-verify".into(),
+            // Without any credential kubectl prompts for a username on stdin.
+            "--token=apivip-test".into(),
+            "--request-timeout=10s".into(),
+            "get".into(),
+            "--raw".into(),
+            path.into(),
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_raw_readyz_through_the_forwarder() {
     if !have("kubectl") {
@@ -136,21 +155,7 @@ async fn kubectl_get_raw_readyz_through_the_forwarder() {
     let b = Standin::start(&tls_args("b", None)).await.unwrap();
     let (_h, front) = start(runtime(&[a.local_addr(), b.local_addr()])).await;
     for path in ["/readyz", "/livez", "/version"] {
-        let (ok, out, err) = run(
-            "kubectl",
-            vec![
-                "--server".into(),
-                format!("https://127.0.0.1:{}", front.port()),
-                "--insecure-skip-tls-verify".into(),
-                // Without any credential kubectl prompts for a username on stdin.
-                "--token=apivip-test".into(),
-                "--request-timeout=10s".into(),
-                "get".into(),
-                "--raw".into(),
-                path.into(),
-            ],
-        )
-        .await;
+        let (ok, out, err) = kubectl_get_raw(front.port(), path).await;
         assert!(ok, "kubectl get --raw {path} failed: {err}");
         if path == "/version" {
             assert!(out.contains("v1.31.0-apivip-standin"), "{out}");
@@ -160,20 +165,7 @@ async fn kubectl_get_raw_readyz_through_the_forwarder() {
     }
     // With one apiserver gone, kubectl still gets through.
     drop(a);
-    let (ok, out, err) = run(
-        "kubectl",
-        vec![
-            "--server".into(),
-            format!("https://127.0.0.1:{}", front.port()),
-            "--insecure-skip-tls-verify".into(),
-            "--token=apivip-test".into(),
-            "--request-timeout=10s".into(),
-            "get".into(),
-            "--raw".into(),
-            "/readyz".into(),
-        ],
-    )
-    .await;
+    let (ok, out, err) = kubectl_get_raw(front.port(), "/readyz").await;
     assert!(ok, "kubectl after a backend died: {err}");
     assert_eq!(out.trim(), "ok");
 }
