@@ -22,6 +22,25 @@ fn timer_of(actions: &[Action]) -> Option<Instant> {
     })
 }
 
+/// A vote request in `term` from a candidate of ordinary priority.
+fn vote_request(term: u64) -> Message {
+    Message {
+        term,
+        body: Body::VoteRequest(VoteRequest {
+            priority: 100,
+            flags: Flags::default(),
+            transfer: None,
+        }),
+    }
+}
+
+/// Whether the node answered with a granted vote.
+fn grants_vote(actions: &[Action]) -> bool {
+    actions.iter().any(
+        |a| matches!(a, Action::Send { msg: Message { body: Body::Vote(b), .. }, .. } if b.granted),
+    )
+}
+
 /// Runs a lone node's timers (and confirms its VIP operations) until `end`.
 fn drive_alone(
     node: &mut Node,
@@ -130,18 +149,14 @@ fn no_votes_during_start_up_silence() {
         t0,
     );
     n.start(t0);
-    let req = Message {
-        term: 9,
-        body: Body::VoteRequest(VoteRequest {
-            priority: 100,
-            flags: Flags::default(),
-            transfer: None,
-        }),
-    };
-    let acts = n.handle(t0 + ms(100), Event::Message { from: 2, msg: req });
-    let granted = acts.iter().any(
-        |a| matches!(a, Action::Send { msg: Message { body: Body::Vote(b), .. }, .. } if b.granted),
+    let acts = n.handle(
+        t0 + ms(100),
+        Event::Message {
+            from: 2,
+            msg: vote_request(9),
+        },
     );
+    let granted = grants_vote(&acts);
     assert!(!granted, "voted during the start-up silence: {acts:?}");
     let pre = Message {
         term: 5,
@@ -164,17 +179,13 @@ fn non_members_get_no_vote() {
     n.start(t0);
     let later = t0 + Duration::from_secs(5);
     n.handle(later, Event::Timer);
-    let req = Message {
-        term: 9,
-        body: Body::VoteRequest(VoteRequest {
-            priority: 100,
-            flags: Flags::default(),
-            transfer: None,
-        }),
-    };
-    let acts = n.handle(later, Event::Message { from: 4, msg: req });
-    let granted = acts.iter().any(
-        |a| matches!(a, Action::Send { msg: Message { body: Body::Vote(b), .. }, .. } if b.granted),
+    let acts = n.handle(
+        later,
+        Event::Message {
+            from: 4,
+            msg: vote_request(9),
+        },
     );
+    let granted = grants_vote(&acts);
     assert!(!granted, "voted for a non-member: {acts:?}");
 }
