@@ -239,7 +239,7 @@ fn announce_sends_the_first_round_at_once_then_the_burst_then_stops() {
             rt().block_on(async {
                 let a = Announcer::new("eth0", cfg).expect("announcer");
                 let called = Instant::now();
-                let ann = a.announce(VIP4.into());
+                let ann = a.announce(VIP4.into(), std::sync::Arc::new(apivip::announce::Always));
                 let returned = Instant::now();
                 assert!(ann.first_sent());
                 // Keep it alive past the burst: it ends by itself.
@@ -286,7 +286,7 @@ fn refresh_keeps_announcing_until_the_announcement_is_dropped() {
         .run(|| {
             rt().block_on(async {
                 let a = Announcer::new("eth0", cfg).expect("announcer");
-                let ann = a.announce(VIP6.into());
+                let ann = a.announce(VIP6.into(), std::sync::Arc::new(apivip::announce::Always));
                 tokio::time::sleep(Duration::from_millis(420)).await;
                 drop(ann);
                 let dropped = Instant::now();
@@ -344,7 +344,7 @@ fn failover_vip_install_then_announce_moves_the_client() {
                         },
                     )
                     .expect("announcer");
-                    let _ann = a.announce(vip);
+                    let _ann = a.announce(vip, std::sync::Arc::new(apivip::announce::Always));
                     started
                 })
             })

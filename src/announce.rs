@@ -113,6 +113,21 @@ impl std::fmt::Debug for Announcer {
     }
 }
 
+/// Whether this process may still claim the VIP on the wire. Checked right before each
+/// round; the VIP worker's hold gate (the lease, read against the clock) implements it.
+pub trait Gate: Send + Sync {
+    fn open(&self) -> bool;
+}
+
+/// A gate that is always open, for tools and tests that announce by hand.
+pub struct Always;
+
+impl Gate for Always {
+    fn open(&self) -> bool {
+        true
+    }
+}
+
 /// A running announcement; dropping it stops the repeats and the refresh.
 #[derive(Debug)]
 pub struct Announcement {
@@ -181,21 +196,37 @@ impl Announcer {
     }
 
     /// Sends the first round now, before returning, then schedules the rest on the tokio
-    /// runtime (outside a runtime only the first round is sent).
-    pub fn announce(&self, ip: IpAddr) -> Announcement {
-        let first_sent = self.cfg.count > 0 && self.inner.send_round(ip);
+    /// runtime (outside a runtime only the first round is sent). Every round, the first
+    /// included, goes out only while `gate` is open.
+    pub fn announce(&self, ip: IpAddr, gate: Arc<dyn Gate>) -> Announcement {
+        let first_sent = self.cfg.count > 0 && gate.open() && self.inner.send_round(ip);
         let inner = self.inner.clone();
         let cfg = self.cfg.clone();
         let task = match tokio::runtime::Handle::try_current() {
             Ok(rt) => Some(rt.spawn(async move {
+                // A round that was due while the process was stopped (SIGSTOP, a paused
+                // VM) fires the instant it resumes, before the election has run: the gate
+                // reads the clock, so a lease that ran out meanwhile sends nothing.
+                let round = |inner: &Inner| {
+                    if gate.open() {
+                        inner.send_round(ip);
+                        true
+                    } else {
+                        false
+                    }
+                };
                 for _ in 1..cfg.count {
                     tokio::time::sleep(cfg.interval).await;
-                    inner.send_round(ip);
+                    if !round(&inner) {
+                        return;
+                    }
                 }
                 if let Some(every) = cfg.refresh.filter(|d| !d.is_zero()) {
                     loop {
                         tokio::time::sleep(every).await;
-                        inner.send_round(ip);
+                        if !round(&inner) {
+                            return;
+                        }
                     }
                 }
             })),

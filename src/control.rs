@@ -69,6 +69,29 @@ pub struct StatusReport {
     pub last_failover_ms: Option<f64>,
     #[serde(default)]
     pub backends: Vec<serde_json::Value>,
+    /// Local faults and what the daemon is doing about them.
+    #[serde(default)]
+    pub faults: FaultReport,
+}
+
+/// The shell around the election: what failed locally, and the way out being taken.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FaultReport {
+    /// Claims or refreshes the kernel refused in a row (the leader hands over after a few).
+    pub vip_failures: u32,
+    /// The last refusal, e.g. "add 192.0.2.100/32 on apivip0: No such device (os error 19)".
+    pub last_vip_error: Option<String>,
+    /// This node stays out of elections this much longer after handing over for failures.
+    pub benched_remaining_ms: Option<u64>,
+    /// Set while term and vote cannot be written: the error, retried with back-off.
+    pub state_error: Option<String>,
+    /// Messages ignored for a term beyond what this node follows.
+    pub terms_refused: u64,
+    /// RLIMIT_NOFILE after start-up raised it.
+    pub open_files_limit: u64,
+    /// Config fields a reload could not apply: they take effect at the next restart.
+    #[serde(default)]
+    pub restart_needed: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -145,19 +168,44 @@ pub async fn serve(
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                if let Err(e) = answer(stream, calls).await {
-                    tracing::debug!(error = %e, "control connection ended early");
+    Ok(tokio::spawn(accept_loop(listener, calls)))
+}
+
+/// Requests in flight at once; more wait in the backlog (the socket is root-only, this
+/// only bounds what a runaway script can cost).
+const MAX_CLIENTS: usize = 16;
+
+async fn accept_loop(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut log = crate::backoff::LogThrottle::default();
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                let calls = calls.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = answer(stream, calls).await {
+                        tracing::debug!(error = %e, "control connection ended early");
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends leave the connection in the backlog, so accept
+                // fails again at once: without a pause this loop spun a core.
+                let pause = backoff.next_delay();
+                if let Some(held) = log.allow() {
+                    tracing::warn!(error = %e, retry_in = ?pause, held_back = held, "control socket: accept failed");
                 }
-            });
+                tokio::time::sleep(pause).await;
+            }
         }
-    }))
+    }
 }
 
 async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result<()> {
@@ -315,6 +363,36 @@ pub fn render_status(s: &StatusReport) -> String {
     );
     for (reason, n) in &s.heartbeats.rejected {
         let _ = writeln!(o, "  rejected {reason}: {n}");
+    }
+    let f = &s.faults;
+    if f.vip_failures > 0 || f.last_vip_error.is_some() || f.benched_remaining_ms.is_some() {
+        let _ = writeln!(
+            o,
+            "\nVIP refused {} time(s) in a row; last: {}; out of elections for {}",
+            f.vip_failures,
+            f.last_vip_error.as_deref().unwrap_or("-"),
+            opt_ms(f.benched_remaining_ms)
+        );
+    }
+    if let Some(e) = &f.state_error {
+        let _ = writeln!(
+            o,
+            "\nWARNING: cannot write the state file ({e}): answering pre-votes only, retrying"
+        );
+    }
+    if !f.restart_needed.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nconfig changes waiting for a restart: {}",
+            f.restart_needed.join(", ")
+        );
+    }
+    if f.terms_refused > 0 {
+        let _ = writeln!(
+            o,
+            "\nWARNING: {} message(s) ignored for a term far beyond this node's (a peer's state file corrupt?)",
+            f.terms_refused
+        );
     }
     if !s.backends.is_empty() {
         let _ = writeln!(o, "\nforwarder backends:");

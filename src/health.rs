@@ -220,13 +220,24 @@ impl Check {
         })
     }
 
-    async fn once(&self) -> Result<(), String> {
+    async fn once(&self) -> Result<(), Probe> {
+        // Out of descriptors or buffers here says nothing about the apiserver: with the
+        // process at its fd limit, counting it as a failure moved the VIP off a node
+        // whose apiserver was fine.
+        let connect_err = |target: &SocketAddr, e: std::io::Error| {
+            let what = format!("connect {target}: {e}");
+            if crate::backoff::is_local_exhaustion(&e) {
+                Probe::Local(what)
+            } else {
+                Probe::Failed(what)
+            }
+        };
         match self {
             Check::None => Ok(()),
             Check::Tcp(target) => TcpStream::connect(target)
                 .await
                 .map(drop)
-                .map_err(|e| format!("connect {target}: {e}")),
+                .map_err(|e| connect_err(target, e)),
             Check::Https {
                 target,
                 connector,
@@ -235,15 +246,15 @@ impl Check {
             } => {
                 let tcp = TcpStream::connect(target)
                     .await
-                    .map_err(|e| format!("connect {target}: {e}"))?;
+                    .map_err(|e| connect_err(target, e))?;
                 let _ = tcp.set_nodelay(true);
                 let mut tls = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| format!("TLS handshake with {target}: {e}"))?;
+                    .map_err(|e| Probe::Failed(format!("TLS handshake with {target}: {e}")))?;
                 tls.write_all(request)
                     .await
-                    .map_err(|e| format!("send to {target}: {e}"))?;
+                    .map_err(|e| Probe::Failed(format!("send to {target}: {e}")))?;
                 // The status line is all we need; 64 bytes always hold it.
                 let mut head = [0u8; 64];
                 let mut got = 0;
@@ -251,9 +262,9 @@ impl Check {
                     let n = tls
                         .read(&mut head[got..])
                         .await
-                        .map_err(|e| format!("read from {target}: {e}"))?;
+                        .map_err(|e| Probe::Failed(format!("read from {target}: {e}")))?;
                     if n == 0 {
-                        return Err(format!("{target} closed before answering"));
+                        return Err(Probe::Failed(format!("{target} closed before answering")));
                     }
                     got += n;
                 }
@@ -263,7 +274,7 @@ impl Check {
                     Ok(())
                 } else {
                     let first = line.lines().next().unwrap_or_default();
-                    Err(format!("{target} answered '{first}'"))
+                    Err(Probe::Failed(format!("{target} answered '{first}'")))
                 }
             }
         }
@@ -403,6 +414,14 @@ impl Hysteresis {
     }
 }
 
+/// Why one check did not pass.
+enum Probe {
+    /// The target failed the check.
+    Failed(String),
+    /// This process could not even try (EMFILE, ENOBUFS, ...): no verdict either way.
+    Local(String),
+}
+
 async fn run(
     check: Check,
     spec: HealthSpec,
@@ -417,10 +436,20 @@ async fn run(
         .interval
         .mul_f64(spec.jitter.clamp(0.0, 1.0) * unit(&mut rng));
     tokio::time::sleep(first).await;
+    let mut local_log = crate::backoff::LogThrottle::default();
     loop {
         let started = Instant::now();
         let result = match tokio::time::timeout(spec.timeout, check.once()).await {
-            Ok(r) => r,
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Probe::Failed(e))) => Err(e),
+            Ok(Err(Probe::Local(e))) => {
+                if let Some(held) = local_log.allow() {
+                    tracing::warn!(target: "apivip::health", check = %describe(&check), error = %e, held_back = held, "check skipped: this process is out of a local resource (no verdict)");
+                }
+                let next = spec.interval.saturating_sub(started.elapsed());
+                tokio::time::sleep(next).await;
+                continue;
+            }
             Err(_) => Err(format!(
                 "no answer within {}",
                 crate::duration::format(spec.timeout)

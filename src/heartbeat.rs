@@ -76,8 +76,10 @@ impl Transport {
         } else {
             Domain::IPV6
         };
+        // No SO_REUSEADDR: with it a second process could bind the same address and
+        // silently take every heartbeat (the kernel delivers unicast UDP to one of them).
+        // A daemon restarted at once still binds: UDP has no TIME_WAIT.
         let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-        s.set_reuse_address(true).map_err(err)?;
         if local.is_ipv4() {
             s.set_freebind_v4(true).map_err(err)?;
             // Best effort: a kernel that refuses the mark still carries the datagram.
@@ -192,6 +194,26 @@ mod tests {
             1,
             Keyring::single(key).unwrap(),
         )
+    }
+
+    /// A second binder of the heartbeat address is refused instead of silently taking a
+    /// share of the datagrams.
+    #[tokio::test]
+    async fn a_second_binder_is_refused() {
+        let a = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            codec(1, &[7u8; 32]),
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let addr = a.local_addr().unwrap();
+        let err = Transport::bind(addr, codec(1, &[7u8; 32]), BTreeMap::new())
+            .err()
+            .expect("second bind refused");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        drop(a);
+        Transport::bind(addr, codec(1, &[7u8; 32]), BTreeMap::new())
+            .expect("rebinds at once after the first is gone");
     }
 
     #[tokio::test]

@@ -1,12 +1,14 @@
 //! The apivip daemon and its command-line interface.
 
 pub mod announce;
+pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod duration;
+pub mod fds;
 pub mod forward;
 pub mod health;
 pub mod heartbeat;

@@ -268,6 +268,7 @@ async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
     let (health, _prober) = daemon::apiserver::local_health(&cfg.health)?;
     let metrics = apivip::metrics::Metrics::new();
     let readiness = apivip::metrics::Readiness::new();
+    metrics.set_fd_limit(raise_fd_limit());
     // The forwarder binds the VIP before it is here (IP_FREEBIND), so it is ready at once.
     let forwarder = if cfg.forward.enabled {
         let f = apivip::forward::Forwarder::start(apivip::forward::settings::runtime(cfg)).await?;
@@ -306,6 +307,22 @@ async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
     }
     let _ = stop_tx.send(());
     r
+}
+
+/// Raises the soft descriptor limit to the hard one before anything opens sockets; the
+/// forwarder's connection cap is derived from what is in force afterwards.
+fn raise_fd_limit() -> u64 {
+    match apivip::fds::raise_nofile() {
+        Ok(n) => {
+            tracing::info!(open_files_limit = n, "descriptor limit");
+            n
+        }
+        Err(e) => {
+            let n = apivip::fds::nofile();
+            tracing::warn!(error = %e, open_files_limit = n, "cannot read or raise RLIMIT_NOFILE");
+            n
+        }
+    }
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -385,6 +402,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let loaded = config::load(&args.config.sources())
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
             if args.proxy_only || apivip::forward::settings::is_proxy_only(&loaded.config) {
+                raise_fd_limit();
                 let sources = args.config.sources();
                 apivip::forward::proxy::run_blocking(loaded.config, move || {
                     config::load(&sources)

@@ -44,6 +44,13 @@ pub const ROLES: [&str; 5] = ["follower", "pre-candidate", "candidate", "leader"
 /// ([`DecodeError::REASONS`]) plus these.
 pub const EXTRA_REJECT_REASONS: [&str; 2] = ["unknown_peer", "other"];
 
+/// Labels of `apivip_vip_failures_total`: the errno a refused claim or refresh carried
+/// (a fixed set, so the label set stays small), `timeout` for a netlink request that
+/// never answered, `other` for the rest.
+pub const VIP_FAILURE_REASONS: [&str; 7] = [
+    "enodev", "eperm", "eacces", "eexist", "enobufs", "timeout", "other",
+];
+
 /// How many scrapes or probes may be in flight at once; more wait for a slot, so a
 /// misbehaving scraper cannot make the daemon spawn without bound.
 const MAX_CONNECTIONS: usize = 32;
@@ -97,6 +104,11 @@ pub struct Metrics {
     heartbeats_received: Counter,
     heartbeats_rejected: Family<ReasonLabel, Counter>,
     apiserver_healthy: Gauge,
+    vip_failures: Family<ReasonLabel, Counter>,
+    state_failing: Gauge,
+    state_failures: Counter,
+    terms_refused: Counter,
+    fd_limit: Gauge,
     dynamic: Arc<Dynamic>,
     started: Instant,
 }
@@ -154,6 +166,36 @@ impl Metrics {
             "1 while the local apiserver passes its health check",
             apiserver_healthy.clone(),
         );
+        let vip_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "vip_failures",
+            "Claims or refreshes of the VIP the kernel refused, by errno",
+            vip_failures.clone(),
+        );
+        let state_failing = Gauge::default();
+        registry.register(
+            "state_persist_failing",
+            "1 while term and vote cannot be written to the state file (only pre-votes are answered)",
+            state_failing.clone(),
+        );
+        let state_failures = Counter::default();
+        registry.register(
+            "state_persist_failures",
+            "Failed writes of the state file",
+            state_failures.clone(),
+        );
+        let terms_refused = Counter::default();
+        registry.register(
+            "terms_refused",
+            "Authenticated messages ignored for a term beyond what this node follows",
+            terms_refused.clone(),
+        );
+        let fd_limit = Gauge::default();
+        registry.register(
+            "open_files_limit",
+            "RLIMIT_NOFILE after start-up raised it to the hard limit",
+            fd_limit.clone(),
+        );
         registry.register(
             "build",
             "The running apivip version",
@@ -173,6 +215,9 @@ impl Metrics {
         for r in DecodeError::REASONS.iter().chain(&EXTRA_REJECT_REASONS) {
             let _ = heartbeats_rejected.get_or_create(&ReasonLabel { reason: r });
         }
+        for r in VIP_FAILURE_REASONS {
+            let _ = vip_failures.get_or_create(&ReasonLabel { reason: r });
+        }
         Arc::new(Metrics {
             registry,
             role,
@@ -184,6 +229,11 @@ impl Metrics {
             heartbeats_received,
             heartbeats_rejected,
             apiserver_healthy,
+            vip_failures,
+            state_failing,
+            state_failures,
+            terms_refused,
+            fd_limit,
             dynamic,
             started: Instant::now(),
         })
@@ -258,6 +308,35 @@ impl Metrics {
 
     pub fn set_apiserver_healthy(&self, healthy: bool) {
         self.apiserver_healthy.set(i64::from(healthy));
+    }
+
+    /// The kernel refused a claim or refresh; `reason` is one of [`VIP_FAILURE_REASONS`]
+    /// (anything else counts as `other`).
+    pub fn vip_failed(&self, reason: &str) {
+        let known = VIP_FAILURE_REASONS
+            .iter()
+            .find(|r| **r == reason)
+            .copied()
+            .unwrap_or("other");
+        self.vip_failures
+            .get_or_create(&ReasonLabel { reason: known })
+            .inc();
+    }
+
+    /// A write of the state file failed (`true`) or one worked again (`false`).
+    pub fn set_state_failing(&self, failing: bool) {
+        if failing {
+            self.state_failures.inc();
+        }
+        self.state_failing.set(i64::from(failing));
+    }
+
+    pub fn term_refused(&self) {
+        self.terms_refused.inc();
+    }
+
+    pub fn set_fd_limit(&self, limit: u64) {
+        self.fd_limit.set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     /// Replaces the forwarder's per-backend figures with a fresh snapshot.
@@ -367,6 +446,9 @@ impl Collector for Dynamic {
 pub struct Readiness {
     election_required: bool,
     election_running: AtomicBool,
+    /// Cleared while the state file cannot be written: the node then answers pre-votes
+    /// only, which an operator should see.
+    state_writable: AtomicBool,
     forwarder_listening: AtomicBool,
     changed: tokio::sync::Notify,
 }
@@ -377,6 +459,7 @@ impl Readiness {
         Arc::new(Readiness {
             election_required: true,
             election_running: AtomicBool::new(false),
+            state_writable: AtomicBool::new(true),
             forwarder_listening: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         })
@@ -387,6 +470,7 @@ impl Readiness {
         Arc::new(Readiness {
             election_required: false,
             election_running: AtomicBool::new(false),
+            state_writable: AtomicBool::new(true),
             forwarder_listening: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         })
@@ -394,6 +478,11 @@ impl Readiness {
 
     pub fn set_election_running(&self, running: bool) {
         self.election_running.store(running, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub fn set_state_writable(&self, writable: bool) {
+        self.state_writable.store(writable, Ordering::Release);
         self.changed.notify_waiters();
     }
 
@@ -425,6 +514,9 @@ impl Readiness {
         }
         if !self.forwarder_listening.load(Ordering::Acquire) {
             missing.push("forwarder not listening");
+        }
+        if self.election_required && !self.state_writable.load(Ordering::Acquire) {
+            missing.push("state file not writable (votes held back; see the log)");
         }
         if missing.is_empty() {
             Ok(())
@@ -507,6 +599,9 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut log = crate::backoff::LogThrottle::default();
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
@@ -518,11 +613,17 @@ async fn accept_loop(
         let (stream, _) = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => match r {
-                Ok(c) => c,
+                Ok(c) => {
+                    backoff.reset();
+                    c
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let pause = backoff.next_delay();
+                    if let Some(held) = log.allow() {
+                        tracing::warn!(error = %e, retry_in = ?pause, held_back = held, "metrics: accept failed");
+                    }
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             },

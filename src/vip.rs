@@ -17,6 +17,8 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -57,13 +59,20 @@ pub struct VipSpec {
     pub label: Option<String>,
 }
 
-/// Changes of the VIP or its interface seen on netlink.
+/// A hint from the netlink watch that something about the VIP or its interface may have
+/// changed. Hints are not trusted as facts: a DELADDR can be the late echo of our own
+/// release racing a new claim, and a lost message (overrun) says nothing at all. The VIP
+/// worker answers every hint by asking the kernel (a resync).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VipEvent {
-    VipAdded,
-    VipRemoved,
-    LinkDown,
-    LinkUp,
+pub enum Hint {
+    /// An address message for the VIP's address, on any device.
+    Address,
+    /// A link message for the interface or the VIP's device (by index or by name).
+    Link,
+    /// The kernel dropped notifications (ENOBUFS): anything may have changed.
+    Overrun,
+    /// The watch connection ended; it must be opened again, then resynced.
+    Ended,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +112,25 @@ pub enum VipError {
     Route { peer: IpAddr, problem: String },
 }
 
-type Result<T, E = VipError> = std::result::Result<T, E>;
+impl VipError {
+    /// The kernel's errno behind this error, when there is one: the VIP worker decides
+    /// by it (ENODEV: look the devices up again) and metrics count by it.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            VipError::Connect(e) | VipError::Tun { source: e, .. } => e.raw_os_error(),
+            VipError::NoInterface(_) => Some(libc::ENODEV),
+            VipError::Address { source, .. } | VipError::Link { source, .. } => errno(source),
+            VipError::Invalid { .. } | VipError::Route { .. } => None,
+        }
+    }
 
+    /// The device (or interface) the VIP lives on is gone or was replaced.
+    pub fn is_no_device(&self) -> bool {
+        matches!(self.errno(), Some(libc::ENODEV | libc::ENXIO))
+    }
+}
+
+type Result<T, E = VipError> = std::result::Result<T, E>;
 /// Chooses the placement from the configured one and reports why, for `status`.
 ///
 /// `Auto` picks `Device` only for IPv4 and only when both `all` and the interface's
@@ -166,6 +192,11 @@ pub fn resolve_placement(
 /// Dropping a `Vip` does not delete an interface-placed address: a restarting holder
 /// should not cut connections, and the lifetime removes it if nobody refreshes it. A
 /// device-placed VIP goes with its device when the `Vip` (and so the fd) is dropped.
+///
+/// Every request goes through one netlink connection; [`Vip::reconnect`] replaces it (a
+/// request that never answered), [`Vip::reopen`] also looks the interface up again by
+/// name and re-creates the TUN device (deleted, or the interface re-created with a new
+/// index).
 pub struct Vip {
     spec: VipSpec,
     handle: Handle,
@@ -178,6 +209,14 @@ pub struct Vip {
     /// Holding this open is what keeps the TUN device alive.
     tun: Option<OwnedFd>,
     home: HomeNs,
+    /// The indices the watch matches links by; updated by reopen.
+    watched: Arc<Watched>,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    iface: AtomicU32,
+    dev: AtomicU32,
 }
 
 impl std::fmt::Debug for Vip {
@@ -218,20 +257,9 @@ impl Vip {
                     .into(),
             ));
         }
-        let home = HomeNs::current().map_err(VipError::Connect)?;
-        let (conn, handle, _) = new_connection().map_err(VipError::Connect)?;
-        let conn = tokio::spawn(conn);
-        let iface_index = link_index(&handle, &spec.interface).await?;
-        let (dev_index, dev_name, tun) = match &spec.placement {
-            Placement::Interface => (iface_index, spec.interface.clone(), None),
-            Placement::Device { name } => {
-                let fd = open_tun(name).map_err(|source| VipError::Tun {
-                    name: name.clone(),
-                    source,
-                })?;
-                let idx = link_index(&handle, name).await?;
-                (idx, name.clone(), Some(fd))
-            }
+        let dev_name = match &spec.placement {
+            Placement::Interface => spec.interface.clone(),
+            Placement::Device { name } => name.clone(),
         };
         let label = match (&spec.addr, &spec.label) {
             (IpAddr::V6(_), _) => None,
@@ -243,17 +271,72 @@ impl Vip {
             (_, Some(l)) => Some(l.clone()),
             (_, None) => Some(format!("{dev_name}:vip")).filter(|l| l.len() <= 15),
         };
-        Ok(Vip {
+        let home = HomeNs::current().map_err(VipError::Connect)?;
+        let (conn, handle, _) = new_connection().map_err(VipError::Connect)?;
+        let mut vip = Vip {
             spec,
             handle,
-            conn,
-            iface_index,
-            dev_index,
+            conn: tokio::spawn(conn),
+            iface_index: 0,
+            dev_index: 0,
             dev_name,
             label,
-            tun,
+            tun: None,
             home,
-        })
+            watched: Arc::new(Watched::default()),
+        };
+        vip.resolve().await?;
+        Ok(vip)
+    }
+
+    /// Looks the interface up by name and, for device placement, (re-)creates the TUN
+    /// device; the watch follows the new indices.
+    async fn resolve(&mut self) -> Result<()> {
+        self.iface_index = link_index(&self.handle, &self.spec.interface).await?;
+        self.dev_index = match &self.spec.placement {
+            Placement::Interface => self.iface_index,
+            Placement::Device { name } => {
+                // Closing our old fd destroys the old device (if it still exists) before
+                // the name is taken again.
+                self.tun = None;
+                let fd = open_tun(name).map_err(|source| VipError::Tun {
+                    name: name.clone(),
+                    source,
+                })?;
+                self.tun = Some(fd);
+                link_index(&self.handle, name).await?
+            }
+        };
+        self.watched
+            .iface
+            .store(self.iface_index, Ordering::Relaxed);
+        self.watched.dev.store(self.dev_index, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A new netlink connection, for a request that never answered (the old one may be
+    /// wedged, and every later request would queue behind it).
+    pub fn reconnect(&mut self) -> Result<()> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = self
+            .home
+            .run(move || {
+                let _rt = rt.enter();
+                new_connection()
+            })
+            .and_then(|r| r)
+            .map_err(VipError::Connect)?;
+        self.conn.abort();
+        self.conn = tokio::spawn(conn);
+        self.handle = handle;
+        Ok(())
+    }
+
+    /// After ENODEV: a new connection, the interface looked up again (it may have been
+    /// re-created with a new index), the TUN device re-created (it may have been deleted).
+    pub async fn reopen(&mut self) -> Result<()> {
+        self.reconnect()?;
+        self.resolve().await
     }
 
     pub fn spec(&self) -> &VipSpec {
@@ -263,6 +346,19 @@ impl Vip {
     /// Name of the device the VIP is put on (the TUN device or the interface).
     pub fn device(&self) -> &str {
         &self.dev_name
+    }
+
+    /// The interface's index now (it changes when the interface is re-created).
+    pub fn interface_index(&self) -> u32 {
+        self.iface_index
+    }
+
+    /// The prefix the address is installed with. On the process-owned device, a host
+    /// prefix: with `VIP/24` there the kernel added a second route to the whole subnet
+    /// through the TUN device, and once the interface's own address was re-added (DHCP,
+    /// networkd) the holder sent its peers', etcd's and the gateway's traffic into it.
+    pub fn installed_prefix(&self) -> u8 {
+        installed_prefix(&self.spec)
     }
 
     /// Adds the VIP, or replaces it (resetting its lifetime) when it is there: calling it
@@ -279,10 +375,11 @@ impl Vip {
                     source: Box::new(source),
                 })?;
         }
+        let prefix = self.installed_prefix();
         let mut req = self
             .handle
             .address()
-            .add(self.dev_index, self.spec.addr, self.spec.prefix)
+            .add(self.dev_index, self.spec.addr, prefix)
             .replace();
         let msg = req.message_mut();
         if let Some(label) = &self.label {
@@ -293,12 +390,16 @@ impl Vip {
         ci.ifa_valid = secs;
         ci.ifa_preferred = secs;
         msg.attributes.push(AddressAttribute::CacheInfo(ci));
+        // The node's own address owns the subnet route, never the VIP: a VIP that
+        // outlived it (or came first) would otherwise route the subnet with itself as
+        // the source.
+        let mut flags = AddressFlags::Noprefixroute;
         if self.spec.addr.is_ipv6() {
             // Another node may still answer for the VIP during a handover; DAD would then
             // mark ours dadfailed and unusable.
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            flags |= AddressFlags::Nodad;
         }
+        msg.attributes.push(AddressAttribute::Flags(flags));
         req.execute()
             .await
             .map_err(|source| self.addr_err("add", source))
@@ -310,9 +411,9 @@ impl Vip {
         self.install(lifetime).await
     }
 
-    /// Deletes the VIP; an absent VIP is not an error.
+    /// Deletes the VIP; an absent VIP (or device) is not an error.
     pub async fn remove(&self) -> Result<()> {
-        let msg = self.address_message(self.dev_index, self.spec.prefix);
+        let msg = self.address_message(self.dev_index, self.installed_prefix());
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_absent(&e) => Ok(()),
@@ -330,9 +431,47 @@ impl Vip {
             .set_address_filter(self.spec.addr)
             .execute()
             .try_next()
+            .await;
+        match found {
+            Ok(f) => Ok(f.is_some()),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(source) => Err(self.addr_err("list", source)),
+        }
+    }
+
+    /// Whether the interface is up with a carrier now; an interface that is gone is down.
+    /// An interface re-created under the same name is followed: its new index is where
+    /// the VIP goes (interface placement) and what the watch matches from now on.
+    pub async fn link_state(&mut self) -> Result<bool> {
+        match self
+            .handle
+            .link()
+            .get()
+            .match_name(self.spec.interface.clone())
+            .execute()
+            .try_next()
             .await
-            .map_err(|source| self.addr_err("list", source))?;
-        Ok(found.is_some())
+        {
+            Ok(Some(l)) => {
+                if l.header.index != self.iface_index {
+                    self.iface_index = l.header.index;
+                    if self.spec.placement == Placement::Interface {
+                        self.dev_index = self.iface_index;
+                    }
+                    self.watched
+                        .iface
+                        .store(self.iface_index, Ordering::Relaxed);
+                    self.watched.dev.store(self.dev_index, Ordering::Relaxed);
+                }
+                Ok(is_up(&l))
+            }
+            Ok(None) => Ok(false),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(source) => Err(VipError::Link {
+                interface: self.spec.interface.clone(),
+                source: Box::new(source),
+            }),
+        }
     }
 
     /// At start-up: deletes our VIP from every device it is on (left by an earlier run that
@@ -366,11 +505,14 @@ impl Vip {
         Ok(removed)
     }
 
-    /// Events about our VIP and our interface, from a multicast netlink connection opened
-    /// now (in the namespace the Vip was opened in). Drop the watch to stop it.
-    pub async fn watch(&self) -> Result<VipWatch> {
+    /// Starts a netlink watch (in the namespace the Vip was opened in) that sends a
+    /// [`Hint`] for every address message about the VIP's address and every link message
+    /// about the interface or the device, [`Hint::Overrun`] when the kernel dropped
+    /// messages and [`Hint::Ended`] when the connection ends. Dropping the returned task
+    /// handle does not stop it; abort it.
+    pub fn watch(&self, hints: mpsc::UnboundedSender<Hint>) -> Result<JoinHandle<()>> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, mut messages) = self
+        let (conn, _handle, mut messages) = self
             .home
             .run(move || {
                 let _rt = rt.enter();
@@ -383,60 +525,39 @@ impl Vip {
             .and_then(|r| r)
             .map_err(VipError::Connect)?;
         let conn = tokio::spawn(conn);
-        // Seed the link state so the first link message only reports a real change.
-        let mut link_up = match handle
-            .link()
-            .get()
-            .match_index(self.iface_index)
-            .execute()
-            .try_next()
-            .await
-        {
-            Ok(Some(l)) => Some(is_up(&l)),
-            _ => None,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (addr, dev, iface) = (self.spec.addr, self.dev_index, self.iface_index);
-        let task = tokio::spawn(async move {
+        let addr = self.spec.addr;
+        let names = [self.spec.interface.clone(), self.dev_name.clone()];
+        let watched = Arc::clone(&self.watched);
+        Ok(tokio::spawn(async move {
             let _conn = AbortOnDrop(conn);
             while let Some((msg, _)) = messages.next().await {
-                let NetlinkPayload::InnerMessage(m) = msg.payload else {
-                    continue;
-                };
-                let ev = match m {
-                    RouteNetlinkMessage::NewAddress(a) if is_ours(&a, addr, dev) => {
-                        Some(VipEvent::VipAdded)
-                    }
-                    RouteNetlinkMessage::DelAddress(a) if is_ours(&a, addr, dev) => {
-                        Some(VipEvent::VipRemoved)
-                    }
-                    RouteNetlinkMessage::NewLink(l) if l.header.index == iface => {
-                        let up = is_up(&l);
-                        (link_up != Some(up)).then(|| {
-                            link_up = Some(up);
-                            if up {
-                                VipEvent::LinkUp
-                            } else {
-                                VipEvent::LinkDown
-                            }
-                        })
-                    }
-                    RouteNetlinkMessage::DelLink(l) if l.header.index == iface => {
-                        (link_up != Some(false)).then(|| {
-                            link_up = Some(false);
-                            VipEvent::LinkDown
-                        })
-                    }
+                let hint = match msg.payload {
+                    NetlinkPayload::Overrun(_) => Some(Hint::Overrun),
+                    NetlinkPayload::InnerMessage(m) => match m {
+                        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a)
+                            if has_address(&a, addr) =>
+                        {
+                            Some(Hint::Address)
+                        }
+                        RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l)
+                            if watched.iface.load(Ordering::Relaxed) == l.header.index
+                                || watched.dev.load(Ordering::Relaxed) == l.header.index
+                                || link_name(&l).is_some_and(|n| names.contains(&n)) =>
+                        {
+                            Some(Hint::Link)
+                        }
+                        _ => None,
+                    },
                     _ => None,
                 };
-                if let Some(ev) = ev
-                    && tx.send(ev).is_err()
+                if let Some(h) = hint
+                    && hints.send(h).is_err()
                 {
                     return;
                 }
             }
-        });
-        Ok(VipWatch { rx, task })
+            let _ = hints.send(Hint::Ended);
+        }))
     }
 
     fn address_message(&self, index: u32, prefix: u8) -> AddressMessage {
@@ -458,33 +579,10 @@ impl Vip {
         VipError::Address {
             op,
             addr: self.spec.addr,
-            prefix: self.spec.prefix,
+            prefix: self.installed_prefix(),
             device: self.dev_name.clone(),
             source: Box::new(source),
         }
-    }
-}
-
-/// A running watch; yields [`VipEvent`]s until dropped.
-///
-/// If the kernel overruns the multicast socket (a burst of netlink traffic) or the
-/// connection fails, `next` returns None: open a new watch and check `is_installed`,
-/// since events may have been lost.
-pub struct VipWatch {
-    rx: mpsc::UnboundedReceiver<VipEvent>,
-    task: JoinHandle<()>,
-}
-
-impl VipWatch {
-    /// The next event; None when the netlink connection ended.
-    pub async fn next(&mut self) -> Option<VipEvent> {
-        self.rx.recv().await
-    }
-}
-
-impl Drop for VipWatch {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -492,6 +590,15 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// See [`Vip::installed_prefix`].
+pub fn installed_prefix(spec: &VipSpec) -> u8 {
+    match (&spec.placement, spec.addr) {
+        (Placement::Device { .. }, IpAddr::V4(_)) => 32,
+        (Placement::Device { .. }, IpAddr::V6(_)) => 128,
+        (Placement::Interface, _) => spec.prefix,
     }
 }
 
@@ -568,11 +675,10 @@ fn is_up(l: &LinkMessage) -> bool {
     l.header.flags.contains(LinkFlags::Up) && l.header.flags.contains(LinkFlags::LowerUp)
 }
 
-fn is_ours(a: &AddressMessage, addr: IpAddr, dev: u32) -> bool {
-    a.header.index == dev
-        && a.attributes
-            .iter()
-            .any(|at| matches!(at, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == addr))
+fn has_address(a: &AddressMessage, addr: IpAddr) -> bool {
+    a.attributes.iter().any(
+        |at| matches!(at, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == addr),
+    )
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -669,6 +775,28 @@ mod tests {
         assert_eq!(lifetime_secs(Duration::from_millis(1500)), 2);
         assert_eq!(lifetime_secs(Duration::from_secs(3)), 3);
         assert_eq!(lifetime_secs(Duration::from_secs(u64::MAX)), u32::MAX - 1);
+    }
+
+    /// Item 7 of issue 9: `VIP/24` on the TUN device added a second route to the whole
+    /// subnet through it; the device gets a host prefix whatever the config says.
+    #[test]
+    fn the_device_gets_a_host_prefix() {
+        let spec = |addr: &str, prefix, placement| VipSpec {
+            addr: addr.parse().unwrap(),
+            prefix,
+            interface: "eth0".into(),
+            placement,
+            label: None,
+        };
+        let dev = || Placement::Device {
+            name: "apivip0".into(),
+        };
+        assert_eq!(installed_prefix(&spec("192.0.2.100", 24, dev())), 32);
+        assert_eq!(installed_prefix(&spec("2001:db8::100", 64, dev())), 128);
+        assert_eq!(
+            installed_prefix(&spec("192.0.2.100", 24, Placement::Interface)),
+            24
+        );
     }
 
     #[test]

@@ -8,6 +8,23 @@ pub type NodeId = u32;
 /// An election term. Terms only grow; every message carries its sender's current term.
 pub type Term = u64;
 
+/// The largest term any node uses or accepts. Terms grow by one per election round, so a
+/// real cluster stays far below it (one election per millisecond for 8,900 years); the
+/// bound exists so that `term + 1` can never wrap, whatever a state file or an
+/// authenticated datagram says.
+pub const MAX_TERM: Term = 1 << 48;
+
+/// How far ahead of its own term a node follows another. A pre-vote lets a node raise its
+/// term only with a majority behind it, so live members are never more than a few terms
+/// apart; a term a million ahead comes from a corrupted state file or a bug, and adopting
+/// it would drag the whole cluster toward [`MAX_TERM`], where nobody can campaign.
+pub const MAX_TERM_LEAP: Term = 1 << 20;
+
+/// The largest boot epoch a datagram or state file may carry. Epochs are Unix
+/// milliseconds (about 2^41 today); the bound keeps `epoch + 1` from wrapping, which would
+/// make every peer reject the node's datagrams as stale forever.
+pub const MAX_EPOCH: u64 = 1 << 53;
+
 /// A node's preference to hold the VIP: higher wins. `0` means "never lead" (a voter-only
 /// witness, e.g. the third node that gives a two-node control plane a quorum).
 pub type Priority = u8;

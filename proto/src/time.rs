@@ -12,6 +12,8 @@ pub struct Instant(u64);
 
 impl Instant {
     pub const ZERO: Instant = Instant(0);
+    /// Never reached: "no deadline".
+    pub const MAX: Instant = Instant(u64::MAX);
 
     pub const fn from_nanos(ns: u64) -> Instant {
         Instant(ns)

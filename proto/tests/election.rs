@@ -189,3 +189,283 @@ fn non_members_get_no_vote() {
     let granted = grants_vote(&acts);
     assert!(!granted, "voted for a non-member: {acts:?}");
 }
+
+/// A heartbeat from `from` in `term`, seq `seq`.
+fn heartbeat(term: u64, seq: u64) -> Message {
+    Message {
+        term,
+        body: Body::Heartbeat(apivip_proto::message::Heartbeat {
+            seq,
+            flags: Flags::default(),
+            priority: 100,
+            members_hash: 0,
+        }),
+    }
+}
+
+/// Terms never wrap and never go down, whatever an authenticated peer or a state file
+/// says: a term past MAX_TERM, or more than MAX_TERM_LEAP ahead, is refused with a notice;
+/// a node at MAX_TERM cannot campaign (there is no next term), and does not panic.
+#[test]
+fn terms_are_bounded_and_never_lowered() {
+    use apivip_proto::election::Notice;
+    use apivip_proto::message::{MAX_TERM, MAX_TERM_LEAP};
+    let cfg = NodeConfig::new(1, members(&[1, 2, 3]), Profile::Default.timing());
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(
+        cfg.clone(),
+        Persisted {
+            term: 10,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    n.start(t0);
+    for (i, term) in [u64::MAX, MAX_TERM + 1, 10 + MAX_TERM_LEAP + 1]
+        .into_iter()
+        .enumerate()
+    {
+        let acts = n.handle(
+            t0 + ms(10 * (i as u64 + 1)),
+            Event::Message {
+                from: 2,
+                msg: heartbeat(term, 1),
+            },
+        );
+        assert_eq!(n.term(), 10, "term {term} adopted: {acts:?}");
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                Action::Notice(Notice::TermRefused { from: 2, term: t }) if *t == term
+            )),
+            "no notice for term {term}: {acts:?}"
+        );
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::Send { .. })),
+            "answered term {term}: {acts:?}"
+        );
+    }
+    // Within the leap a heartbeat is followed; an older one later does not lower it.
+    n.handle(
+        t0 + ms(100),
+        Event::Message {
+            from: 2,
+            msg: heartbeat(10 + MAX_TERM_LEAP, 1),
+        },
+    );
+    assert_eq!(n.term(), 10 + MAX_TERM_LEAP);
+    n.handle(
+        t0 + ms(110),
+        Event::Message {
+            from: 3,
+            msg: heartbeat(12, 1),
+        },
+    );
+    assert_eq!(n.term(), 10 + MAX_TERM_LEAP, "a lower term lowered ours");
+
+    // A lone node stored at MAX_TERM: it never campaigns, never wraps.
+    let lone = NodeConfig::new(1, members(&[1]), Profile::Default.timing());
+    let mut n = Node::new(
+        lone,
+        Persisted {
+            term: MAX_TERM,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    let first = n.start(t0);
+    let (_, acts) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(5));
+    assert_eq!(n.term(), MAX_TERM);
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::ClaimVip { .. })),
+        "{acts:?}"
+    );
+}
+
+/// Brings a lone node of a 3-member list to leadership by hand: silence, pre-votes,
+/// votes, the first ack round. Returns the time when its VIP claim went out.
+fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
+    let mut now = t0;
+    let mut acts = n.start(t0);
+    for _ in 0..200 {
+        let mut replies = Vec::new();
+        for a in &acts {
+            match a {
+                Action::Send {
+                    to,
+                    msg:
+                        Message {
+                            term,
+                            body: Body::PreVoteRequest(_),
+                        },
+                } => replies.push((
+                    *to,
+                    Message {
+                        term: *term - 1,
+                        body: Body::PreVote(apivip_proto::message::Ballot {
+                            granted: true,
+                            reason: apivip_proto::message::VoteReason::Granted,
+                        }),
+                    },
+                )),
+                Action::Send {
+                    to,
+                    msg:
+                        Message {
+                            term,
+                            body: Body::VoteRequest(_),
+                        },
+                } => replies.push((
+                    *to,
+                    Message {
+                        term: *term,
+                        body: Body::Vote(apivip_proto::message::Ballot {
+                            granted: true,
+                            reason: apivip_proto::message::VoteReason::Granted,
+                        }),
+                    },
+                )),
+                Action::Send {
+                    to,
+                    msg:
+                        Message {
+                            term,
+                            body: Body::Heartbeat(hb),
+                        },
+                } => replies.push((
+                    *to,
+                    Message {
+                        term: *term,
+                        body: Body::Ack(apivip_proto::message::Ack {
+                            seq: hb.seq,
+                            accepted: true,
+                            flags: Flags(Flags::CAN_LEAD | Flags::HEALTHY),
+                            priority: 100,
+                            members_hash: 0,
+                        }),
+                    },
+                )),
+                Action::ReleaseVip => replies.push((0, heartbeat(0, 0))),
+                Action::ClaimVip { .. } => return now,
+                _ => {}
+            }
+        }
+        let mut next = Vec::new();
+        for (from, msg) in replies {
+            if from == 0 {
+                next.extend(n.handle(now, Event::VipReleased));
+            } else {
+                next.extend(n.handle(now, Event::Message { from, msg }));
+            }
+        }
+        if next.is_empty() {
+            now = n.next_timer().expect("a timer").max(now);
+            next = n.handle(now, Event::Timer);
+        }
+        acts = next;
+    }
+    panic!("never claimed");
+}
+
+/// A kernel that keeps refusing the VIP: the leader pauses between claims (doubling),
+/// hands over after FAILURES_BEFORE_HANDOVER refusals, and then stays out of elections
+/// (CAN_LEAD off) for a while instead of winning the VIP straight back.
+#[test]
+fn failing_claims_back_off_then_hand_over() {
+    use apivip_proto::election::{FAILURES_BEFORE_HANDOVER, Notice};
+    let t = Profile::Default.timing();
+    let cfg = NodeConfig::new(1, members(&[1, 2, 3]), t.clone());
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(cfg, Persisted::default(), true, 3, t0);
+    let mut now = lead_with_peers(&mut n, t0);
+    let mut claims = vec![now];
+    let mut handed_over = false;
+    for _ in 0..FAILURES_BEFORE_HANDOVER {
+        let acts = n.handle(now, Event::VipApplied { ok: false });
+        assert!(acts.contains(&Action::ReleaseVip), "{acts:?}");
+        let acts = n.handle(now, Event::VipReleased);
+        if acts
+            .iter()
+            .any(|a| matches!(a, Action::Notice(Notice::VipFailing { .. })))
+            || n.status(now).benched_remaining.is_some()
+        {
+            handed_over = true;
+            break;
+        }
+        // No claim right away: the pause runs first.
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::ClaimVip { .. })),
+            "re-claimed at once: {acts:?}"
+        );
+        // Keep the lease alive with fresh acks until the node claims again.
+        let mut claimed = None;
+        for _ in 0..100 {
+            now = n.next_timer().expect("timer").max(now);
+            let mut acts = n.handle(now, Event::Timer);
+            let beats: Vec<u64> = acts
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Send {
+                        msg:
+                            Message {
+                                body: Body::Heartbeat(hb),
+                                ..
+                            },
+                        ..
+                    } => Some(hb.seq),
+                    _ => None,
+                })
+                .collect();
+            for seq in beats {
+                for from in [2, 3] {
+                    acts.extend(n.handle(
+                        now,
+                        Event::Message {
+                            from,
+                            msg: Message {
+                                term: n.term(),
+                                body: Body::Ack(apivip_proto::message::Ack {
+                                    seq,
+                                    accepted: true,
+                                    flags: Flags(Flags::CAN_LEAD | Flags::HEALTHY),
+                                    priority: 100,
+                                    members_hash: 0,
+                                }),
+                            },
+                        },
+                    ));
+                }
+            }
+            if acts.iter().any(|a| matches!(a, Action::ClaimVip { .. })) {
+                claimed = Some(now);
+                break;
+            }
+        }
+        claims.push(claimed.expect("claims again after the pause"));
+    }
+    // The pauses grow.
+    let gaps: Vec<Duration> = claims.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.windows(2).all(|g| g[1] > g[0]), "{gaps:?}");
+    assert!(gaps.first().is_some_and(|g| *g >= t.heartbeat), "{gaps:?}");
+    if !handed_over {
+        let acts = n.handle(now, Event::VipApplied { ok: false });
+        n.handle(now, Event::VipReleased);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Notice(Notice::VipFailing { .. }))),
+            "{acts:?}"
+        );
+    }
+    let st = n.status(now);
+    assert_ne!(
+        st.role,
+        RoleName::Leader,
+        "still leading after handing over"
+    );
+    assert!(!st.can_lead, "may lead again right after failing");
+    assert!(st.benched_remaining.is_some());
+}

@@ -17,7 +17,16 @@ fn first_failure(family: Family, rules: Rules, profile: Profile) -> Option<(u64,
 }
 
 fn rule_is_needed(name: &str, families: &[(Family, Profile)]) {
-    let rules = Rules::ALL.without(name).expect("a rule's name");
+    rules_are_needed(&[name], families);
+}
+
+/// Like [`rule_is_needed`] for rules that cover for each other: with any one of them on,
+/// the families pass; with all of them off, one fails.
+fn rules_are_needed(names: &[&str], families: &[(Family, Profile)]) {
+    let name = names.join(" and ");
+    let rules = names
+        .iter()
+        .fold(Rules::ALL, |r, n| r.without(n).expect("a rule's name"));
     for &(family, profile) in families {
         if let Some((seed, why)) = first_failure(family, rules, profile) {
             // The same schedule with every rule on must pass: the failure is the rule's.
@@ -100,16 +109,29 @@ fn two_node_tiebreak() {
     rule_is_needed("two_node_tiebreak", &[(Family::TwoNode, D)]);
 }
 
+/// Pre-vote and moving past stale terms cover for each other: a node that raised its
+/// term alone (no pre-vote) is one a leader moves past instead of stepping down. With
+/// both off, a node that cannot win keeps raising its term and deposes the leader.
 #[test]
 fn prevote() {
-    rule_is_needed(
-        "prevote",
+    rules_are_needed(
+        &["prevote", "hold_against_stale_terms"],
         &[
             (Family::SlowPrevote, D),
             (Family::PartialPartition, D),
             (Family::Faults, D),
         ],
     );
+}
+
+#[test]
+fn hold_against_stale_terms() {
+    rule_is_needed("hold_against_stale_terms", &[(Family::StaleTerm, D)]);
+}
+
+#[test]
+fn vip_failure_handover() {
+    rule_is_needed("vip_failure_handover", &[(Family::VipFailure, D)]);
 }
 
 /// With every rule on, the aimed families pass over the seeds the tests above use.

@@ -24,6 +24,10 @@ REASONS = {
 KEY_A = "apivip-test-vector-key-A-0123456789abcdef"
 KEY_B = "Zm9yIHRlc3RzIG9ubHk6IG5ldmVyIGRlcGxveSBtZQ=="
 
+# The largest term and epoch a datagram may carry (docs/protocol.md, "Bounds").
+MAX_TERM = 2 ** 48
+MAX_EPOCH = 2 ** 53
+
 # name, key, cluster, from, to, epoch, counter, term, kind, body fields (in wire order)
 VECTORS = [
     ("heartbeat-to-all", KEY_A, "prod-eu1", 1, 0, 1700000000000, 1, 7, "heartbeat",
@@ -31,9 +35,9 @@ VECTORS = [
     ("ack-accepted", KEY_A, "prod-eu1", 2, 1, 1700000000500, 3, 7, "ack",
      [("seq", 42), ("accepted", 1), ("flags", 0x05), ("priority", 50),
       ("members_hash", 0xDEADBEEF)]),
-    ("pre-vote-request-witness", KEY_B, "bäckerei-κ8s", 3, 0, 1, 1, 0xFFFFFFFFFFFFFFFE,
+    ("pre-vote-request-witness", KEY_B, "bäckerei-κ8s", 3, 0, 1, 1, MAX_TERM,
      "pre_vote_request", [("priority", 0), ("flags", 0x00)]),
-    ("pre-vote-refused", KEY_B, "bäckerei-κ8s", 4294967295, 3, 0xFFFFFFFFFFFFFFFF, 2, 9,
+    ("pre-vote-refused", KEY_B, "bäckerei-κ8s", 4294967295, 3, MAX_EPOCH, 2, 9,
      "pre_vote", [("granted", 0), ("reason", "promise_active")]),
     ("vote-request-transfer", KEY_A, "prod-eu1", 2, 0, 1700000000500, 5, 8, "vote_request",
      [("priority", 200), ("flags", 0x01), ("transfer_from", 1), ("transfer_term", 7),

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use apivip_proto::message::{
-    Ack, Ballot, Body, Candidacy, Flags, Heartbeat, Message, MessageKind, NodeId, Resign,
-    TimeoutNow, Transfer, VoteReason, VoteRequest,
+    Ack, Ballot, Body, Candidacy, Flags, Heartbeat, MAX_EPOCH, MAX_TERM, Message, MessageKind,
+    NodeId, Resign, TimeoutNow, Transfer, VoteReason, VoteRequest,
 };
 use apivip_proto::wire::{
     ClusterId, Codec, DecodeError, HEADER_LEN, KeyError, Keyring, MAC_LEN, MAX_DATAGRAM, MAX_KEYS,
@@ -43,7 +43,7 @@ fn heartbeat(seq: u64) -> Message {
 /// One message of every kind, with values at the edges of each field.
 fn edge_messages() -> Vec<Message> {
     let mut out = Vec::new();
-    for term in [0, 1, u64::MAX] {
+    for term in [0, 1, MAX_TERM] {
         for n in [0u64, 1, u64::MAX] {
             let small = (n % 256) as u8;
             let small = if n == u64::MAX { u8::MAX } else { small };
@@ -107,7 +107,7 @@ fn round_trip_every_kind_with_edge_values() {
     let kinds: std::collections::HashSet<_> = messages.iter().map(|m| m.body.kind()).collect();
     assert_eq!(kinds.len(), MessageKind::ALL.len(), "every kind is covered");
 
-    let mut sender = codec(u32::MAX, u64::MAX);
+    let mut sender = codec(u32::MAX, MAX_EPOCH);
     let mut receiver = codec(1, 5);
     for (i, msg) in messages.iter().enumerate() {
         let to = if i % 2 == 0 { 0 } else { 1 };
@@ -120,7 +120,7 @@ fn round_trip_every_kind_with_edge_values() {
         let got = receiver.decode(&bytes).expect("valid datagram decodes");
         assert_eq!(got.msg, *msg);
         assert_eq!((got.from, got.to), (u32::MAX, to));
-        assert_eq!(got.epoch, u64::MAX);
+        assert_eq!(got.epoch, MAX_EPOCH);
         assert_eq!(
             got.counter,
             i as u64 + 1,
@@ -546,6 +546,52 @@ fn sign(mut bytes: Vec<u8>, key: &[u8]) -> Vec<u8> {
     mac.update(&bytes);
     bytes.extend_from_slice(&mac.finalize().into_bytes());
     bytes
+}
+
+/// A term or epoch past its bound (u64::MAX in the reported failures) is refused after
+/// the MAC and before the replay window: the window neither records the counter nor
+/// jumps to the huge epoch, so the sender's next honest datagrams still pass.
+#[test]
+fn terms_and_epochs_beyond_their_bounds_are_refused_without_moving_the_window() {
+    let mut rx = receiver();
+    let mut tx = codec(1, EPOCH);
+    for term in [MAX_TERM + 1, u64::MAX] {
+        let bad = tx.encode(
+            2,
+            &Message {
+                term,
+                body: heartbeat(1).body,
+            },
+        );
+        match rx.decode(&bad) {
+            Err(e @ DecodeError::OutOfRange { field: "term", .. }) => {
+                assert_eq!(e.reason(), "out_of_range");
+                assert!(e.authenticated());
+                assert!(e.to_string().contains(&term.to_string()), "{e}");
+            }
+            other => panic!("term {term}: {other:?}"),
+        }
+    }
+    // Counter 1 and 2 went to the refused datagrams; a fresh sender's counter 1 passes.
+    let mut again = codec(1, EPOCH);
+    assert!(rx.decode(&again.encode(2, &heartbeat(1))).is_ok());
+    // An epoch past its bound does not lift the window to it.
+    let mut far = codec(1, MAX_EPOCH + 1);
+    match rx.decode(&far.encode(2, &heartbeat(1))) {
+        Err(DecodeError::OutOfRange { field: "epoch", .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(rx.decode(&again.encode(2, &heartbeat(2))).is_ok());
+    // At the bounds themselves, all is well.
+    let mut edge = codec(3, MAX_EPOCH);
+    let msg = Message {
+        term: MAX_TERM,
+        body: heartbeat(1).body,
+    };
+    assert_eq!(
+        rx.decode(&edge.encode(2, &msg)).expect("at the bound").msg,
+        msg
+    );
 }
 
 /// Node 2, which [`Raw::heartbeat`] is addressed to.
@@ -1022,6 +1068,24 @@ fn reasons_are_distinct_stable_labels() {
         },
         DecodeError::TooManySenders { from: 1 },
     ];
+    let every_variant: Vec<DecodeError> = {
+        // Out-of-range sits between malformed and replayed in the check order.
+        let mut v = every_variant.to_vec();
+        let at = v
+            .iter()
+            .position(|e| e.reason() == "replayed")
+            .expect("replayed listed");
+        v.insert(
+            at,
+            DecodeError::OutOfRange {
+                from: 1,
+                field: "term",
+                value: u64::MAX,
+                max: MAX_TERM,
+            },
+        );
+        v
+    };
     let labels: Vec<_> = every_variant.iter().map(DecodeError::reason).collect();
     assert_eq!(labels, DecodeError::REASONS);
     for label in labels {
@@ -1041,7 +1105,13 @@ fn reasons_are_distinct_stable_labels() {
         .collect();
     assert_eq!(
         authenticated,
-        ["malformed", "replayed", "stale", "too_many_senders"]
+        [
+            "malformed",
+            "out_of_range",
+            "replayed",
+            "stale",
+            "too_many_senders"
+        ]
     );
 }
 
@@ -1437,7 +1507,9 @@ fn fuzzed_datagrams_never_panic() {
 
     // The fuzzer must have reached every layer, or it proves little.
     for reason in DecodeError::REASONS {
-        if reason != "from_self" && reason != "too_many_senders" {
+        // Out-of-range needs a valid MAC over a term or epoch past 2^48 / 2^53, which the
+        // re-signing mutations almost never produce; its own test covers it.
+        if !matches!(reason, "from_self" | "too_many_senders" | "out_of_range") {
             assert!(
                 outcomes.contains_key(reason),
                 "never hit {reason}: {outcomes:?}"

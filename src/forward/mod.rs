@@ -24,6 +24,8 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::backoff::{Backoff, LogThrottle};
+
 pub use crate::config::SpliceMode;
 use crate::health::{HealthError, HealthSpec, Prober};
 pub use drain::DrainReport;
@@ -97,6 +99,11 @@ pub struct ForwardTotals {
     /// Connects retried on another backend after a failure.
     pub retries: u64,
     pub idle_closed: u64,
+    /// Clients dropped because this process was out of descriptors or buffers.
+    pub local_errors: u64,
+    /// The connection cap in force: forward.max_connections, lowered to what
+    /// RLIMIT_NOFILE allows with a reserve kept for the rest of the daemon.
+    pub max_connections: u64,
 }
 
 struct Settings {
@@ -121,6 +128,7 @@ struct Shared {
     refused: AtomicU64,
     retries: AtomicU64,
     idle_closed: AtomicU64,
+    local_errors: AtomicU64,
 }
 
 pub struct Forwarder;
@@ -141,6 +149,22 @@ impl Forwarder {
         }
         if rt.max_connections == 0 {
             return Err(ForwardError::NoCapacity);
+        }
+        // The cap the descriptor limit allows, with a reserve for the rest of the daemon.
+        let limit = crate::fds::nofile();
+        let splice = !matches!(rt.splice, crate::config::SpliceMode::Off);
+        let budget = crate::fds::connection_budget(limit, splice);
+        let max_connections = rt.max_connections.min(budget);
+        if max_connections < rt.max_connections {
+            tracing::warn!(
+                target: "apivip::forward",
+                configured = rt.max_connections,
+                effective = max_connections,
+                open_files_limit = limit,
+                reserve = crate::fds::RESERVE,
+                per_connection = crate::fds::per_connection(splice),
+                "forward.max_connections lowered to what RLIMIT_NOFILE allows (raise LimitNOFILE to serve more)"
+            );
         }
         let threads = rt.threads.max(1);
         let mut listeners: Vec<TcpListener> = Vec::new();
@@ -174,14 +198,15 @@ impl Forwarder {
                 },
             },
             rr: AtomicUsize::new(0),
-            permits: Arc::new(Semaphore::new(rt.max_connections as usize)),
-            max: rt.max_connections,
+            permits: Arc::new(Semaphore::new(max_connections as usize)),
+            max: max_connections,
             switches: drain::Switches::new(),
             open: Arc::new(AtomicUsize::new(0)),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
+            local_errors: AtomicU64::new(0),
         });
         for l in listeners {
             tokio::spawn(accept_loop(shared.clone(), l));
@@ -255,6 +280,8 @@ impl ForwarderHandle {
             refused: s.refused.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
             idle_closed: s.idle_closed.load(Ordering::Relaxed),
+            local_errors: s.local_errors.load(Ordering::Relaxed),
+            max_connections: u64::from(s.max),
         }
     }
 
@@ -380,6 +407,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     // waiter on the watch (a lock shared by every forwarder thread) on every connection.
     let stop = switched_on(&mut stop);
     tokio::pin!(stop);
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
+    let mut log = LogThrottle::default();
     loop {
         // Take the permit first: over the cap, connections wait in the kernel backlog
         // (as with haproxy's maxconn) instead of being accepted and dropped.
@@ -393,12 +422,19 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         let sock = tokio::select! {
             _ = &mut stop => return,
             r = listener.accept() => match r {
-                Ok((sock, _)) => sock,
+                Ok((sock, _)) => {
+                    backoff.reset();
+                    sock
+                }
                 Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning on the error.
-                    tracing::warn!(target: "apivip::forward", error = %e, "accept failed");
+                    // EMFILE/ENFILE/ENOBUFS leave the client in the backlog, so accept
+                    // fails again at once: back off instead of spinning on the error.
                     drop(permit);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let pause = backoff.next_delay();
+                    if let Some(held) = log.allow() {
+                        tracing::warn!(target: "apivip::forward", error = %e, retry_in = ?pause, held_back = held, "accept failed");
+                    }
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             },
@@ -439,6 +475,13 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
         let upstream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await
         {
             Ok(Ok(u)) => u,
+            Ok(Err(e)) if crate::backoff::is_local_exhaustion(&e) => {
+                // Our own descriptor or buffer shortage: no backend is to blame, and
+                // the next one would fail the same way. Drop this client.
+                shared.local_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "apivip::forward", backend = %addr, error = %e, "connect failed locally");
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::debug!(target: "apivip::forward", backend = %addr, error = %e, "connect failed");
                 guard.0.failed(s.eject_backoff, s.eject_backoff_max);

@@ -7,7 +7,10 @@ use crate::message::{Ballot, Candidacy, Transfer, VoteRequest};
 impl Node {
     /// Everything that must hold before this node asks for votes.
     fn may_campaign(&self, now: Instant) -> bool {
-        self.can_lead(now)
+        // At MAX_TERM there is no next term to stand in (never reached by real elections:
+        // members refuse terms that would lead there).
+        self.term < MAX_TERM
+            && self.can_lead(now)
             && self.vip == VipState::Released
             && !(self.cfg.rules.promise_check && self.promise_active(now))
     }
@@ -131,6 +134,9 @@ impl Node {
     }
 
     pub(super) fn become_candidate(&mut self, now: Instant, transfer: Option<Transfer>) {
+        if self.term >= MAX_TERM {
+            return;
+        }
         self.term += 1;
         self.voted_for = Some(self.cfg.id);
         self.leader = None;

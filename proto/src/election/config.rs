@@ -54,11 +54,18 @@ pub struct Rules {
     pub persist: bool,
     /// Two-node mode: of two leaders that hear each other, the lesser steps down.
     pub two_node_tiebreak: bool,
+    /// A leader whose lease runs moves past a newer term it hears in a refusal (a member
+    /// restarted with a higher stored term) instead of stepping down, which would leave
+    /// the VIP on no node for a whole election.
+    pub hold_against_stale_terms: bool,
+    /// A leader whose kernel keeps refusing the VIP hands it over and stands aside for a
+    /// while, instead of re-claiming on every ack round.
+    pub vip_failure_handover: bool,
 }
 
 impl Rules {
     /// Every rule's field name, for tools that turn rules off by name.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 14] = [
         "promise_check",
         "lease_check",
         "restart_silence",
@@ -71,6 +78,8 @@ impl Rules {
         "fresh_refresh",
         "persist",
         "two_node_tiebreak",
+        "hold_against_stale_terms",
+        "vip_failure_handover",
     ];
 
     /// These rules with `name` turned off; `None` when `name` is not a rule.
@@ -88,6 +97,8 @@ impl Rules {
             "fresh_refresh" => &mut self.fresh_refresh,
             "persist" => &mut self.persist,
             "two_node_tiebreak" => &mut self.two_node_tiebreak,
+            "hold_against_stale_terms" => &mut self.hold_against_stale_terms,
+            "vip_failure_handover" => &mut self.vip_failure_handover,
             _ => return None,
         };
         *flag = false;
@@ -107,6 +118,8 @@ impl Rules {
         fresh_refresh: true,
         persist: true,
         two_node_tiebreak: true,
+        hold_against_stale_terms: true,
+        vip_failure_handover: true,
     };
 }
 

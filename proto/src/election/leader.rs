@@ -147,6 +147,11 @@ impl Node {
         if term > self.term {
             if self.cfg.quorum == Quorum::TwoNode {
                 self.two_node_conflict(now, from, term, ack.priority);
+            } else if self.cfg.rules.hold_against_stale_terms
+                && !ack.accepted
+                && matches!(&self.role, Role::Leader(l) if l.lease_valid(now, &self.cfg))
+            {
+                self.move_past(now, term);
             } else {
                 // A newer term exists: stop leading; the VIP goes before any vote or ack
                 // (update_vip releases it, Rule 3 holds the answers back).
@@ -165,6 +170,36 @@ impl Node {
             *e = (ack.seq, now);
         }
         self.recompute_lease();
+    }
+
+    /// A member at a newer term refuses our heartbeats: it restarted with a term it
+    /// reached alone (a candidacy that lost, a restored state file). Stepping down would
+    /// leave the VIP on no node for a whole election. Instead the leader moves past that
+    /// term while its lease runs: it votes for itself in `term + 1` and heartbeats there,
+    /// and the member follows again.
+    ///
+    /// Safe without a vote round because the VIP rests on promises, not on terms: the
+    /// lease we keep was built from acks that promised us, by the clock, not to vote for
+    /// anyone else, and every later lease needs a majority to ack us in the new term. A
+    /// node that wins `term + 1` by votes can only do so from voters no longer promised
+    /// to us, by which time our lease is gone; acks are given to one leader per term, so
+    /// two leaders of one term cannot both build a lease.
+    fn move_past(&mut self, now: Instant, term: Term) {
+        if term >= MAX_TERM || self.transferring() {
+            return;
+        }
+        let Role::Leader(l) = &mut self.role else {
+            return;
+        };
+        // Acks of the old term promised us nothing about the new one.
+        l.acked.clear();
+        l.lease_seq = l.last_seq();
+        l.refreshed_seq = l.refreshed_seq.max(l.lease_seq);
+        self.term = term + 1;
+        self.voted_for = Some(self.cfg.id);
+        self.leader = Some(self.cfg.id);
+        self.persist();
+        self.send_heartbeat(now);
     }
 
     /// lease = send time of the newest heartbeat that a quorum (us included) acked, + L.
@@ -226,13 +261,14 @@ impl Node {
             }
             _ => false,
         };
+        let may_claim = self.vip_failures.may_claim(now);
         let lifetime = self.cfg.timing.vip_lifetime;
         match (want, self.vip) {
             (true, VipState::Released) => {
                 let Role::Leader(l) = &mut self.role else {
                     return;
                 };
-                if l.fresh(now, &self.cfg) {
+                if may_claim && l.fresh(now, &self.cfg) {
                     l.refreshed_seq = l.lease_seq;
                     self.vip = VipState::Claiming;
                     self.out.push(Action::ClaimVip { lifetime });
@@ -416,7 +452,7 @@ impl Node {
         let mine = (self.cfg.my_priority(), std::cmp::Reverse(self.cfg.id));
         let theirs = (their_priority, std::cmp::Reverse(from));
         if mine > theirs {
-            if their_term >= self.term {
+            if their_term >= self.term && their_term < MAX_TERM {
                 self.term = their_term + 1;
                 self.voted_for = Some(self.cfg.id);
                 self.persist();

@@ -9,6 +9,7 @@
 mod campaign;
 mod config;
 mod leader;
+mod vipfail;
 mod voter;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,9 +18,13 @@ use std::time::Duration;
 pub use config::{Member, NodeConfig, NodeConfigError, Quorum, Rules};
 
 use crate::Instant;
-use crate::message::{Body, Flags, Message, NodeId, Priority, Resign, Term, TimeoutNow};
+use crate::message::{
+    Body, Flags, MAX_TERM, MAX_TERM_LEAP, Message, NodeId, Priority, Resign, Term, TimeoutNow,
+};
 use crate::rng::Rng;
 use leader::LeaderState;
+pub use vipfail::FAILURES_BEFORE_HANDOVER;
+use vipfail::VipFailures;
 
 /// What must survive a restart, written (and fsync'd) before anything that depends on it
 /// is sent.
@@ -111,6 +116,19 @@ pub enum Notice {
     NonMember {
         id: NodeId,
     },
+    /// The kernel refused the VIP this many times in a row: the leader hands over and
+    /// stays out of elections for `bench`.
+    VipFailing {
+        failures: u32,
+        bench: Duration,
+    },
+    /// A member sent a term beyond what this node follows ([`MAX_TERM_LEAP`] ahead of
+    /// ours, or past [`MAX_TERM`]): ignored, so no corrupted state can drag the cluster's
+    /// term to where it wraps or where nobody can campaign.
+    TermRefused {
+        from: NodeId,
+        term: Term,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +140,8 @@ pub enum TransferReason {
     LinkDown,
     /// No majority acknowledged this leader for a whole election timeout.
     NoQuorum,
+    /// The kernel kept refusing the VIP.
+    VipFailure,
 }
 
 impl TransferReason {
@@ -133,6 +153,7 @@ impl TransferReason {
             TransferReason::Preempt => "preemption by a higher-priority node",
             TransferReason::LinkDown => "interface down",
             TransferReason::NoQuorum => "no majority heard",
+            TransferReason::VipFailure => "the kernel keeps refusing the VIP",
         }
     }
 }
@@ -258,6 +279,7 @@ pub struct Node {
     holder: Option<(NodeId, Term)>,
     peers: BTreeMap<NodeId, Peer>,
     non_members: BTreeSet<NodeId>,
+    vip_failures: VipFailures,
     timer: Option<Instant>,
     last_role: (RoleName, Term, Option<NodeId>),
     out: Vec<Action>,
@@ -296,6 +318,7 @@ impl Node {
             holder: None,
             peers: BTreeMap::new(),
             non_members: BTreeSet::new(),
+            vip_failures: VipFailures::default(),
             timer: None,
             last_role: (RoleName::Follower, persisted.term, None),
             out: Vec::new(),
@@ -329,7 +352,8 @@ impl Node {
             }
             Event::Health(h) => self.healthy = h,
             Event::Link(up) => self.on_link(now, up),
-            Event::VipApplied { ok } => self.on_vip_applied(now, ok),
+            Event::VipApplied { ok: true } => self.on_vip_applied(now),
+            Event::VipApplied { ok: false } => self.on_vip_failed(now),
             Event::VipReleased => self.on_vip_released(now),
             Event::VipLost => {
                 if matches!(self.vip, VipState::Held | VipState::Claiming) {
@@ -381,9 +405,30 @@ impl Node {
         }
     }
 
-    /// The next instant the node wants [`Event::Timer`].
+    /// The next instant the node wants [`Event::Timer`]; `None` when it wants none (a
+    /// caller that keeps an earlier [`Action::SetTimer`] armed past this would wake for
+    /// nothing, in a loop once that instant has passed).
     pub fn next_timer(&self) -> Option<Instant> {
         self.timer
+    }
+
+    /// Until when this process may let the kernel hold the VIP and announce it: the
+    /// lease less the margin, while leading with a claim made or in flight. `None` means
+    /// not at all. A process resumed after a freeze must not re-add or announce a VIP
+    /// whose lease ran out while it was stopped, so the VIP worker checks this before
+    /// every claim, refresh and announcement, before the election has even run.
+    pub fn vip_hold_until(&self) -> Option<Instant> {
+        let Role::Leader(l) = &self.role else {
+            return None;
+        };
+        if !matches!(self.vip, VipState::Claiming | VipState::Held) || self.transferring() {
+            return None;
+        }
+        if !self.cfg.rules.lease_check {
+            return Some(Instant::MAX);
+        }
+        l.lease_until
+            .map(|u| u.saturating_sub(self.cfg.timing.margin))
     }
 
     // ===== shared helpers =====
@@ -404,6 +449,7 @@ impl Node {
     fn can_lead(&self, now: Instant) -> bool {
         self.healthy
             && self.link_up
+            && !self.vip_failures.benched(now)
             && self.cfg.my_priority() > 0
             && !self.silent(now)
             && self.cfg.is_member(self.cfg.id)
@@ -416,7 +462,9 @@ impl Node {
             .with(Flags::CAN_LEAD, self.can_lead(now))
             .with(
                 Flags::HOLDS_VIP,
-                self.vip == VipState::Held && self.is_leader(),
+                // Not from a leader whose lease ran out while it was stopped: its first
+                // heartbeat after resuming goes out before the release.
+                self.vip == VipState::Held && self.vip_hold_until().is_some_and(|u| now < u),
             )
     }
 
@@ -452,9 +500,12 @@ impl Node {
     }
 
     /// Moves to a newer term as a follower with no vote and no leader yet. Leaders must
-    /// have released (or be releasing) the VIP; update_vip takes care of that.
+    /// have released (or be releasing) the VIP; update_vip takes care of that. Terms never
+    /// go down, whatever a caller passes.
     fn adopt_term(&mut self, term: Term) {
-        debug_assert!(term > self.term);
+        if term <= self.term {
+            return;
+        }
         self.term = term;
         self.voted_for = None;
         self.leader = None;
@@ -523,6 +574,13 @@ impl Node {
         if from == self.cfg.id {
             return;
         }
+        if msg.term > MAX_TERM || msg.term > self.term.saturating_add(MAX_TERM_LEAP) {
+            self.out.push(Action::Notice(Notice::TermRefused {
+                from,
+                term: msg.term,
+            }));
+            return;
+        }
         self.note_peer(now, from, msg.term);
         let term = msg.term;
         match msg.body {
@@ -537,23 +595,18 @@ impl Node {
         }
     }
 
-    fn on_vip_applied(&mut self, now: Instant, ok: bool) {
-        match (self.vip, ok) {
-            (VipState::Claiming, true) => {
-                self.vip = VipState::Held;
-                if self.is_leader() {
-                    // Tell everyone at once (drills time the move by this), not a
-                    // heartbeat interval later.
-                    self.send_heartbeat(now);
-                    self.note_holder(self.cfg.id, self.term);
-                }
+    fn on_vip_applied(&mut self, now: Instant) {
+        if matches!(self.vip, VipState::Claiming | VipState::Held) {
+            self.vip_failures.succeeded();
+        }
+        if self.vip == VipState::Claiming {
+            self.vip = VipState::Held;
+            if self.is_leader() {
+                // Tell everyone at once (drills time the move by this), not a
+                // heartbeat interval later.
+                self.send_heartbeat(now);
+                self.note_holder(self.cfg.id, self.term);
             }
-            (VipState::Claiming | VipState::Held, false) => {
-                // The kernel refused: make sure nothing half-added stays, retry later.
-                self.vip = VipState::Releasing;
-                self.out.push(Action::ReleaseVip);
-            }
-            _ => {}
         }
     }
 
@@ -741,7 +794,7 @@ impl Node {
         std::mem::take(&mut self.out)
     }
 
-    fn next_deadline(&self, _now: Instant) -> Option<Instant> {
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         if let Some((t, _)) = &self.retry {
@@ -758,6 +811,11 @@ impl Node {
             }
             Role::Leader(l) => {
                 for t in l.deadlines(&self.cfg, self.vip) {
+                    at(t);
+                }
+                // A claim held back by the failure pause: only while still ahead, since
+                // update_vip may have reasons of its own not to claim once it passed.
+                if let Some(t) = self.vip_failures.deadline(now) {
                     at(t);
                 }
             }
@@ -832,6 +890,8 @@ impl Node {
             link_up: self.link_up,
             can_lead: self.can_lead(now),
             transferring: self.transferring(),
+            vip_failures: self.vip_failures.count(),
+            benched_remaining: self.vip_failures.bench_remaining(now),
             members,
             non_members_heard: self.non_members.iter().copied().collect(),
         }
@@ -855,6 +915,10 @@ pub struct Status {
     pub link_up: bool,
     pub can_lead: bool,
     pub transferring: bool,
+    /// Claims or refreshes the kernel refused in a row.
+    pub vip_failures: u32,
+    /// How long this node still stays out of elections after handing over for failures.
+    pub benched_remaining: Option<Duration>,
     pub members: Vec<MemberStatus>,
     pub non_members_heard: Vec<NodeId>,
 }

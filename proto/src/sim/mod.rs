@@ -18,7 +18,7 @@ use crate::Instant;
 use crate::election::{
     Action, Admin, Event, Member, Node, NodeConfig, Notice, Persisted, Quorum, Rules,
 };
-use crate::message::{Message, NodeId, Priority};
+use crate::message::{Message, NodeId, Priority, Term};
 use crate::rng::Rng;
 use crate::timing::Timing;
 
@@ -173,6 +173,11 @@ pub enum Script {
     Members(NodeId, Vec<NodeId>),
     /// From here on, measure how long until exactly one node holds the VIP.
     MarkHeal,
+    /// The node's kernel refuses every claim and refresh (true) or accepts them again.
+    VipFault(Target, bool),
+    /// Crash the node, add this much to the term in its state file, and start it again
+    /// after the downtime: a restart with a term the cluster never reached.
+    RestartWithTerm(Target, Duration, Term),
 }
 
 #[derive(Clone, Debug)]
@@ -258,6 +263,8 @@ struct SimNode {
     kernel: Kernel,
     healthy: bool,
     link_up: bool,
+    /// Claims and refreshes fail (the kernel refuses the VIP).
+    vip_fault: bool,
 }
 
 impl SimNode {
@@ -303,6 +310,8 @@ pub struct Report {
     pub events: u64,
     /// The instant at which the run spun without time advancing, if it did.
     pub livelock_at: Option<Duration>,
+    /// Claims and refreshes a faulty kernel refused, in all.
+    pub vip_ops_refused: u64,
     pub trace: String,
 }
 
@@ -358,6 +367,7 @@ impl Sim {
                     kernel: Kernel::default(),
                     healthy: true,
                     link_up: true,
+                    vip_fault: false,
                 },
             );
         }
@@ -671,7 +681,13 @@ impl Sim {
         if !current && device {
             return;
         }
+        let refused = n.vip_fault && matches!(op, VipOp::Claim(_) | VipOp::Refresh(_));
         match op {
+            // A refused claim adds nothing; a refused refresh leaves the address to run
+            // out its old lifetime.
+            VipOp::Claim(_) | VipOp::Refresh(_) if refused => {
+                self.report.vip_ops_refused += 1;
+            }
             VipOp::Claim(lifetime) | VipOp::Refresh(lifetime) => {
                 n.kernel.held = true;
                 n.kernel.generation += 1;
@@ -701,7 +717,7 @@ impl Sim {
         }
         n.op_busy = false;
         let ev = match op {
-            VipOp::Claim(_) | VipOp::Refresh(_) => Event::VipApplied { ok: true },
+            VipOp::Claim(_) | VipOp::Refresh(_) => Event::VipApplied { ok: !refused },
             VipOp::Release => Event::VipReleased,
         };
         self.deliver(id, ev);
@@ -930,6 +946,26 @@ impl Sim {
                     n.cfg = cfg.clone();
                 }
                 self.deliver(id, Event::Reconfigure(cfg));
+            }
+            Script::VipFault(t, on) => {
+                if let Some(id) = self.resolve(t)
+                    && let Some(n) = self.nodes.get_mut(&id)
+                {
+                    n.vip_fault = on;
+                }
+            }
+            Script::RestartWithTerm(t, down, bump) => {
+                if let Some(id) = self.resolve(t) {
+                    self.crash(id);
+                    if let Some(n) = self.nodes.get_mut(&id) {
+                        n.persisted.term = n.persisted.term.saturating_add(bump);
+                        n.persisted.voted_for = None;
+                    }
+                    self.script(
+                        self.now.as_duration() + down,
+                        Script::Start(Target::Node(id)),
+                    );
+                }
             }
             Script::MarkHeal => {
                 self.heal_mark = Some(self.now);

@@ -28,6 +28,12 @@ pub struct Scenario {
     pub heal_bound: Option<Duration>,
     /// No moment without a holder once the first hold began.
     pub no_gap: bool,
+    /// After the last MarkHeal, no single gap longer than this (instead of the handover
+    /// gap): a fault that makes the VIP move is measured from the moment it starts.
+    pub max_gap: Option<Duration>,
+    /// At most this many claims and refreshes refused by a faulty kernel in the run: a
+    /// failing node backs off instead of re-claiming on every ack round.
+    pub max_refused: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +63,11 @@ pub enum Family {
     LateAcks,
     /// Rule-aimed: a voter restarts after voting in a newer term.
     ForgetfulVoter,
+    /// The holder's kernel refuses the VIP (device deleted, EPERM): it must hand over,
+    /// back off, and not win the VIP straight back.
+    VipFailure,
+    /// A follower restarts with a stored term the cluster never reached: no VIP gap.
+    StaleTerm,
 }
 
 impl Family {
@@ -69,16 +80,18 @@ impl Family {
         Family::ForgetfulVoter,
     ];
 
-    pub const BROAD: [Family; 6] = [
+    pub const BROAD: [Family; 8] = [
         Family::Faults,
         Family::Freeze,
         Family::Handover,
         Family::Bootstrap,
         Family::Replace,
         Family::TwoNode,
+        Family::VipFailure,
+        Family::StaleTerm,
     ];
 
-    pub const ALL: [Family; 12] = [
+    pub const ALL: [Family; 14] = [
         Family::Faults,
         Family::Freeze,
         Family::Handover,
@@ -91,6 +104,8 @@ impl Family {
         Family::SlowRelease,
         Family::LateAcks,
         Family::ForgetfulVoter,
+        Family::VipFailure,
+        Family::StaleTerm,
     ];
 
     pub fn from_name(name: &str) -> Option<Family> {
@@ -111,6 +126,8 @@ impl Family {
             Family::SlowRelease => "slow-release",
             Family::LateAcks => "late-acks",
             Family::ForgetfulVoter => "forgetful-voter",
+            Family::VipFailure => "vip-failure",
+            Family::StaleTerm => "stale-term",
         }
     }
 }
@@ -142,6 +159,8 @@ impl Scenario {
             Family::SlowRelease => slow_release(&mut rng, timing),
             Family::LateAcks => late_acks(&mut rng, timing),
             Family::ForgetfulVoter => forgetful_voter(&mut rng, timing),
+            Family::VipFailure => vip_failure(&mut rng, timing),
+            Family::StaleTerm => stale_term(&mut rng, timing),
         };
         sc.family = family;
         sc.seed = seed;
@@ -192,12 +211,29 @@ impl Scenario {
             }
             // After settling, the only gaps allowed are handovers (preemption of a better
             // node that came back): release, then claim, a few milliseconds.
-            if r.max_gap_after_heal > HANDOVER_GAP {
+            if self.max_gap.is_none() && r.max_gap_after_heal > HANDOVER_GAP {
                 errs.push(format!(
                     "VIP missing for {} at once after it settled",
                     ms(r.max_gap_after_heal)
                 ));
             }
+        }
+        if let Some(bound) = self.max_gap
+            && r.max_gap_after_heal > bound
+        {
+            errs.push(format!(
+                "VIP missing for {} at once after the fault began (bound {})",
+                ms(r.max_gap_after_heal),
+                ms(bound)
+            ));
+        }
+        if let Some(bound) = self.max_refused
+            && r.vip_ops_refused > bound
+        {
+            errs.push(format!(
+                "{} claims or refreshes refused by a faulty kernel (bound {bound}): no back-off",
+                r.vip_ops_refused
+            ));
         }
         if self.no_gap && r.gap_total > Duration::ZERO {
             errs.push(format!(
@@ -227,6 +263,8 @@ impl Scenario {
             overlap_allowed: Duration::ZERO,
             heal_bound: None,
             no_gap: false,
+            max_gap: None,
+            max_refused: None,
         }
     }
 
@@ -704,6 +742,88 @@ fn late_acks(rng: &mut Rng, timing: Timing) -> Scenario {
     sc
 }
 
+/// The holder's kernel starts refusing the VIP; sometimes the next holder's too. Each
+/// time, another node must hold the VIP within a lease, the failures' back-off and a
+/// handover (an election when no follower is eligible), and the failing node must not
+/// hammer its kernel.
+fn vip_failure(rng: &mut Rng, timing: Timing) -> Scenario {
+    let n = if rng.chance(0.7) { 3 } else { 5 };
+    let mut cfg = SimConfig::cluster(n, timing.clone(), 0);
+    cfg.device_placement = true;
+    for spec in &mut cfg.nodes {
+        spec.priority = [100, 100, 150, 50][rng.below(4) as usize];
+    }
+    let mut sc = Scenario::new(cfg, s(40.0));
+    sc.at(
+        s(0.0),
+        Script::SetNet(if rng.chance(0.5) {
+            NetParams::lan()
+        } else {
+            NetParams::hostile(0.05)
+        }),
+    );
+    let start = between(rng, 3.0, 6.0);
+    let fault = between(rng, 5.0, 25.0);
+    sc.at(start, Script::VipFault(Target::Holder, true));
+    sc.at(start, Script::MarkHeal);
+    if rng.chance(0.4) {
+        // The node it hands over to fails as well, a little later: the third must win.
+        let later = start + between(rng, 0.0, 2.0);
+        sc.at(later, Script::VipFault(Target::Holder, true));
+    }
+    let end = start + fault;
+    for id in 1..=n {
+        sc.at(end, Script::VipFault(Target::Node(id), false));
+    }
+    // Up to three refusals, a handover, then the next node's claim (an election when no
+    // follower was eligible).
+    let bound = timing.lease + timing.election_max * 2 + Duration::from_millis(500);
+    sc.heal_bound = Some(bound);
+    sc.max_gap = Some(bound);
+    // Each failing node: a few refusals per leadership, then benched for 2 s, 4 s, ...;
+    // without the back-off a leader refuses about ten claims a second.
+    let secs = fault.as_secs_f64();
+    sc.max_refused = Some(2 * (3 * (secs / 2.0).ceil() as u64 + 6));
+    sc
+}
+
+/// A follower restarts with a stored term far above the cluster's: it refuses the
+/// leader's heartbeats, and the leader must keep the VIP (no gap) while its lease runs.
+fn stale_term(rng: &mut Rng, timing: Timing) -> Scenario {
+    let n = if rng.chance(0.7) { 3 } else { 5 };
+    let mut cfg = SimConfig::cluster(n, timing, 0);
+    cfg.device_placement = true;
+    cfg.preempt = false;
+    let mut sc = Scenario::new(cfg, s(30.0));
+    if rng.chance(0.5) {
+        sc.at(s(0.0), Script::SetNet(NetParams::hostile(0.0)));
+    }
+    let mut t = between(rng, 3.0, 5.0).as_secs_f64();
+    // A node restarted beyond the leap stays out until a person clears its state (the
+    // cluster refuses its term, it refuses the cluster's): once, and only where the
+    // others still make a majority while another follower restarts.
+    let mut beyond_leap = n < 5;
+    while t < 20.0 {
+        let bump = match rng.below(3) {
+            0 => 1 + rng.below(3),
+            1 if beyond_leap => 1 + rng.below(1_000_000),
+            1 => {
+                beyond_leap = true;
+                crate::message::MAX_TERM_LEAP + 1 + rng.below(1 << 40)
+            }
+            _ => 1 + rng.below(1_000_000),
+        };
+        let k = rng.below(u64::from(n - 1)) as usize;
+        sc.at(
+            s(t),
+            Script::RestartWithTerm(Target::Follower(k), between(rng, 0.001, 2.0), bump),
+        );
+        t += between(rng, 3.0, 6.0).as_secs_f64();
+    }
+    sc.no_gap = true;
+    sc
+}
+
 /// Runs `count` seeds of a family and returns the reports with any failures.
 pub fn sweep(family: Family, seeds: std::ops::Range<u64>, rules: Rules, profile: Profile) -> Sweep {
     let mut out = Sweep {
@@ -720,7 +840,13 @@ pub fn sweep(family: Family, seeds: std::ops::Range<u64>, rules: Rules, profile:
         if r.overlap > Duration::ZERO {
             out.runs_with_overlap += 1;
         }
-        if let Some(h) = r.heal_to_holder {
+        // A fault measured from its start (max_gap) reports the gap it caused.
+        let heal = if sc.max_gap.is_some() {
+            Some(r.max_gap_after_heal)
+        } else {
+            r.heal_to_holder
+        };
+        if let Some(h) = heal {
             out.heal.push(h);
         }
         out.gaps += u32::from(r.gap_total > Duration::ZERO);

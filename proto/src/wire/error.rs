@@ -103,6 +103,20 @@ pub enum DecodeError {
         /// The datagram's counter.
         counter: u64,
     },
+    /// Authentic, but a term or epoch beyond what any node may use ([`crate::message::MAX_TERM`],
+    /// [`crate::message::MAX_EPOCH`]): a corrupted state file on the sender, or a bug.
+    /// Refused so that nothing downstream can wrap.
+    #[error("datagram from node {from}: {field} {value} is beyond the largest allowed ({max})")]
+    OutOfRange {
+        /// The sender.
+        from: NodeId,
+        /// `term` or `epoch`.
+        field: &'static str,
+        /// The value it carried.
+        value: u64,
+        /// The bound.
+        max: u64,
+    },
     /// Authentic, but from a sender id beyond the number of senders a codec tracks. Only
     /// a key holder can cause it; new ids are refused rather than old ones forgotten, so
     /// that no sender's replay window is ever reopened.
@@ -116,7 +130,7 @@ pub enum DecodeError {
 impl DecodeError {
     /// Every value [`DecodeError::reason`] can return, in check order, so a metrics
     /// registry can create each label up front.
-    pub const REASONS: [&'static str; 15] = [
+    pub const REASONS: [&'static str; 16] = [
         "truncated",
         "oversized",
         "bad_magic",
@@ -129,6 +143,7 @@ impl DecodeError {
         "length_mismatch",
         "bad_mac",
         "malformed",
+        "out_of_range",
         "replayed",
         "stale",
         "too_many_senders",
@@ -150,6 +165,7 @@ impl DecodeError {
             DecodeError::LengthMismatch { .. } => "length_mismatch",
             DecodeError::BadMac => "bad_mac",
             DecodeError::Malformed { .. } => "malformed",
+            DecodeError::OutOfRange { .. } => "out_of_range",
             DecodeError::Replayed { .. } => "replayed",
             DecodeError::Stale { .. } => "stale",
             DecodeError::TooManySenders { .. } => "too_many_senders",
@@ -163,6 +179,7 @@ impl DecodeError {
         matches!(
             self,
             DecodeError::Malformed { .. }
+                | DecodeError::OutOfRange { .. }
                 | DecodeError::Replayed { .. }
                 | DecodeError::Stale { .. }
                 | DecodeError::TooManySenders { .. }

@@ -229,6 +229,7 @@ impl Codec {
                 })?;
         self.verify_mac(signed, tag)?;
         let body = body::decode(header.kind, signed.get(HEADER_LEN..).unwrap_or_default())?;
+        check_range(&header)?;
         self.check_fresh(header.from, header.epoch, header.counter)?;
         Ok(Received {
             from: header.from,
@@ -339,6 +340,23 @@ impl Codec {
             }),
         }
     }
+}
+
+/// Term and epoch bounds, checked after the MAC (only a key holder gets this far) and
+/// before the replay window, so an out-of-range datagram never moves it.
+fn check_range(h: &Header) -> Result<(), DecodeError> {
+    use crate::message::{MAX_EPOCH, MAX_TERM};
+    for (field, value, max) in [("term", h.term, MAX_TERM), ("epoch", h.epoch, MAX_EPOCH)] {
+        if value > max {
+            return Err(DecodeError::OutOfRange {
+                from: h.from,
+                field,
+                value,
+                max,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The invariants the message types cannot express but the wire format requires.
