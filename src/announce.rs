@@ -93,6 +93,8 @@ struct Inner {
     packet: Socket,
     /// None when IPv6 is off on this host: IPv4 still works.
     icmp6: Option<Socket>,
+    /// Failed rounds repeat with every refresh: one line per 5 s.
+    log: std::sync::Mutex<crate::backoff::LogThrottle>,
 }
 
 /// Sends announcements for one interface. Sockets are opened in [`Announcer::new`], in the
@@ -181,6 +183,7 @@ impl Announcer {
                 mac,
                 packet,
                 icmp6,
+                log: std::sync::Mutex::new(crate::backoff::LogThrottle::default()),
             }),
             cfg,
         })
@@ -262,8 +265,10 @@ impl Inner {
         let mut ok = true;
         for r in results {
             if let Err(e) = r {
-                tracing::warn!(error = %e, "announcement not sent");
                 ok = false;
+                if let Some(held) = self.log.lock().unwrap_or_else(|p| p.into_inner()).allow() {
+                    tracing::warn!(error = %e, held_back = held, "announcement not sent");
+                }
             }
         }
         ok

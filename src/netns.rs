@@ -193,6 +193,33 @@ impl Topology {
     pub fn switch(&self) -> &str {
         &self.switch
     }
+
+    /// Deletes node `i`'s `eth0` (its switch port goes with it, as the other end of the
+    /// veth): an interface that vanished.
+    pub fn delete_link(&self, i: usize) -> Result<()> {
+        run(Command::new("ip").args(["-n", &self.nodes[i].ns, "link", "del", MEMBER_IFACE]))
+            .map(drop)
+    }
+
+    /// Plugs a new `eth0` into the switch for node `i`, with the same addresses: an
+    /// interface re-created (a new index and a new MAC), as a host's network manager
+    /// does after a driver reload.
+    pub fn recreate_link(&self, i: usize) -> Result<()> {
+        let m = &self.nodes[i];
+        ip_batch(
+            &self.switch,
+            &format!(
+                "link add p{i} type veth peer name {MEMBER_IFACE} netns {}\nlink set p{i} master br0 up\n",
+                m.ns
+            ),
+        )?;
+        let mut b = format!("addr add {}/24 dev {MEMBER_IFACE}\n", m.addr);
+        if let Some(a6) = m.addr6 {
+            b.push_str(&format!("addr add {a6}/64 dev {MEMBER_IFACE} nodad\n"));
+        }
+        b.push_str(&format!("link set {MEMBER_IFACE} up\n"));
+        ip_batch(&m.ns, &b)
+    }
 }
 
 impl Drop for Topology {

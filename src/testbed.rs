@@ -16,6 +16,8 @@ use crate::netns::{AddrProbe, NsChild, Topology, TopologySpec, VIP4, VIP6};
 
 /// The plain-HTTP stand-in's port: GET /version there names the node that answered.
 pub const WHOAMI_PORT: u16 = 8080;
+/// Where each node serves /metrics when the spec asks for it (inside its namespace).
+pub const METRICS: &str = "127.0.0.1:9405";
 
 #[derive(Clone, Debug)]
 pub struct TestbedSpec {
@@ -31,6 +33,8 @@ pub struct TestbedSpec {
     pub members: Option<Vec<Vec<usize>>>,
     /// Extra TOML lines inside every node's `[election]` table (e.g. `preempt = false`).
     pub election_extra: String,
+    /// Serve /metrics, /healthz and /readyz on 127.0.0.1:9405 inside each node.
+    pub metrics: bool,
 }
 
 impl Default for TestbedSpec {
@@ -43,6 +47,7 @@ impl Default for TestbedSpec {
             extra: String::new(),
             members: None,
             election_extra: String::new(),
+            metrics: false,
         }
     }
 }
@@ -210,7 +215,7 @@ impl Testbed {
              [vip]\naddress = \"{vip}/{prefix}\"\ninterface = \"{iface}\"\nplacement = \"{placement}\"\n\n\
              [election]\nprofile = \"{profile}\"\n{election_extra}\n\n\
              [health]\ncheck = \"https\"\nurl = \"https://{local}/readyz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n\n\
-             [control]\nsocket = \"{sock}\"\n\n[metrics]\naddress = \"\"\n\n{extra}\n{peers}",
+             [control]\nsocket = \"{sock}\"\n\n[metrics]\naddress = \"{metrics}\"\n\n{extra}\n{peers}",
             id = i + 1,
             key = d.join("key").display(),
             state = d.join(format!("n{}/state", i + 1)).display(),
@@ -220,6 +225,7 @@ impl Testbed {
             profile = self.spec.profile,
             local = SocketAddr::new(self.addr(i), 6443),
             sock = self.socket(i).display(),
+            metrics = if self.spec.metrics { METRICS } else { "" },
             extra = self.spec.extra,
             election_extra = self.spec.election_extra,
         );
@@ -228,12 +234,25 @@ impl Testbed {
 
     /// Starts `apivip run` on node i (logs to node<i>.log).
     pub fn start(&mut self, i: usize) -> Result<()> {
+        self.start_wrapped(i, &[])
+    }
+
+    /// Starts `apivip run` on node i under `wrapper` (e.g. `prlimit --nofile=1024:1024 --`).
+    pub fn start_wrapped(&mut self, i: usize, wrapper: &[&str]) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(i))
             .context("log file")?;
-        let mut c = self.topo.node(i).command(&self.bin.to_string_lossy());
+        let bin = self.bin.to_string_lossy().into_owned();
+        let mut c = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = self.topo.node(i).command(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => self.topo.node(i).command(&bin),
+        };
         c.args(["run", "--config"])
             .arg(self.config_path(i))
             .env("APIVIP_LOG_LEVEL", "info")
@@ -374,6 +393,59 @@ impl Testbed {
             );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Node i's state directory.
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{}/state", i + 1))
+    }
+
+    /// CPU time node i's daemon has used so far (user + system).
+    pub fn cpu_time(&self, i: usize) -> Result<Duration> {
+        let pid = self
+            .pid(i)
+            .ok_or_else(|| anyhow!("node {} is not running", i + 1))?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) start at state (3).
+        let rest = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("/proc/{pid}/stat: no command name"))?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |n: usize| -> Result<u64> {
+            f.get(n)
+                .ok_or_else(|| anyhow!("/proc/{pid}/stat: too short"))?
+                .parse::<u64>()
+                .map_err(|e| anyhow!("/proc/{pid}/stat: {e}"))
+        };
+        // utime and stime are fields 14 and 15: indices 11 and 12 after the state.
+        let total = ticks(11)? + ticks(12)?;
+        // SAFETY: sysconf only reads a constant.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+        Ok(Duration::from_millis(total * 1000 / hz.max(1)))
+    }
+
+    /// GET `path` from node i's metrics endpoint (the spec must enable it): status, body.
+    pub fn metrics_get(&self, i: usize, path: &str) -> Result<(u16, String)> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let text = self.topo.node(i).run(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(
+                &METRICS.parse().expect("a socket address"),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(req.as_bytes())?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            Ok(buf)
+        })??;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("no HTTP status in {text:?}"))?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((code, body.to_string()))
     }
 
     pub fn set_unready(&self, i: usize, unready: bool) -> Result<()> {

@@ -126,4 +126,18 @@ fn single_node_bootstrap_holds() {
     let (h, took) = c.wait_single_holder(None, Duration::from_secs(5));
     assert_eq!(h, 1);
     println!("single node holds after {took:?}");
+    // The election has a thread of its own (its state writes included), apart from the
+    // runtime the forwarder and /metrics share, and so has the VIP worker.
+    let pid = c.nodes[0].as_ref().expect("running").id();
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for want in ["apivip-election", "apivip-vip"] {
+        assert!(
+            threads.iter().any(|t| t == want),
+            "{want} not in {threads:?}"
+        );
+    }
 }

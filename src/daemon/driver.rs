@@ -400,8 +400,10 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
     }
 
     fn vip_op(&mut self, op: VipOp) {
-        if self.vip_ops.send(op).is_err() {
-            tracing::error!(?op, "the VIP worker is gone");
+        if self.vip_ops.send(op).is_err()
+            && let Some(held) = self.vip_log.allow()
+        {
+            tracing::error!(?op, held_back = held, "the VIP worker is gone");
         }
     }
 

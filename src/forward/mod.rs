@@ -129,6 +129,7 @@ struct Shared {
     retries: AtomicU64,
     idle_closed: AtomicU64,
     local_errors: AtomicU64,
+    refused_log: Mutex<LogThrottle>,
 }
 
 pub struct Forwarder;
@@ -207,6 +208,7 @@ impl Forwarder {
             retries: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
             local_errors: AtomicU64::new(0),
+            refused_log: Mutex::new(LogThrottle::default()),
         });
         for l in listeners {
             tokio::spawn(accept_loop(shared.clone(), l));
@@ -521,5 +523,13 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
         return;
     }
     shared.refused.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(target: "apivip::forward", tried, "no backend accepted the connection");
+    // Every client of a dead backend set would otherwise log a line: at most one per 5 s.
+    if let Some(held) = shared
+        .refused_log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allow()
+    {
+        tracing::warn!(target: "apivip::forward", tried, held_back = held, "no backend accepted the connection");
+    }
 }
