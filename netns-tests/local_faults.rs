@@ -11,39 +11,34 @@ use std::time::{Duration, Instant};
 use apivip::netns::require_root;
 use apivip::testbed::{Testbed, TestbedSpec};
 use common::*;
-use support::Capture;
+use support::{Capture, wait_until};
 
-/// Polls `f` every 10 ms for up to `limit`; how long it took to turn true.
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
-/// Node i's CPU share and new log lines over `window`, and the CPU share of a healthy
-/// peer (`base`) in the same window: a failing node must back off, not spin or flood its
-/// log. (A debug build spends a few percent on TLS health checks alone, so the bound is
-/// against the peer.)
-fn quiet(tb: &Testbed, i: usize, base: usize, window: Duration) -> (f64, f64, usize) {
+/// Node i's CPU share and new log lines over 2 s, against a healthy peer's CPU share in
+/// the same window (`base`): a failing node must back off, not spin or flood its log. (A
+/// debug build spends a few percent on TLS health checks alone, so the bound is relative
+/// to the peer.) Prints what it measured after `what`.
+fn assert_quiet(tb: &Testbed, i: usize, base: usize, what: &str) {
     let lines = tb.log(i).lines().count();
     let (a, b) = (
         tb.cpu_time(i).expect("cpu"),
         tb.cpu_time(base).expect("cpu"),
     );
     let start = Instant::now();
-    std::thread::sleep(window);
+    std::thread::sleep(Duration::from_secs(2));
     let secs = start.elapsed().as_secs_f64();
     let share = |now: Duration, then: Duration| now.saturating_sub(then).as_secs_f64() / secs;
-    (
-        share(tb.cpu_time(i).expect("cpu"), a),
-        share(tb.cpu_time(base).expect("cpu"), b),
-        tb.log(i).lines().count().saturating_sub(lines),
-    )
+    let cpu = share(tb.cpu_time(i).expect("cpu"), a);
+    let peer = share(tb.cpu_time(base).expect("cpu"), b);
+    let lines = tb.log(i).lines().count().saturating_sub(lines);
+    println!(
+        "node {} {what}: {:.2} % CPU (node {} {:.2} %), {lines} log lines in 2 s",
+        i + 1,
+        cpu * 100.0,
+        base + 1,
+        peer * 100.0
+    );
+    assert!(cpu < peer + 0.05, "{:.1} % CPU", cpu * 100.0);
+    assert!(lines <= 10, "{lines} log lines\n{}", tb.log(i));
 }
 
 fn status_field(tb: &Testbed, i: usize, f: impl Fn(&serde_json::Value) -> bool) -> bool {
@@ -105,15 +100,7 @@ fn tun_device_deleted_while_holding() {
             tb.log(h)
         );
     }
-    let (cpu, base, lines) = quiet(&tb, h, (h + 1) % 3, Duration::from_secs(2));
-    println!(
-        "node {} afterwards: {:.2} % CPU (a healthy peer {:.2} %), {lines} log lines in 2 s",
-        h + 1,
-        cpu * 100.0,
-        base * 100.0
-    );
-    assert!(cpu < base + 0.05, "{:.1} % CPU", cpu * 100.0);
-    assert!(lines <= 10, "{lines} log lines\n{}", tb.log(h));
+    assert_quiet(&tb, h, (h + 1) % 3, "afterwards");
 }
 
 /// The holder's interface vanishes and comes back with a new index and MAC (a driver
@@ -135,15 +122,7 @@ fn interface_deleted_and_recreated() {
         h + 1,
         other + 1
     );
-    let (cpu, base, lines) = quiet(&tb, h, other, Duration::from_secs(2));
-    println!(
-        "node {} without its interface: {:.2} % CPU (the new holder {:.2} %), {lines} log lines in 2 s",
-        h + 1,
-        cpu * 100.0,
-        base * 100.0
-    );
-    assert!(cpu < base + 0.05, "{:.1} % CPU", cpu * 100.0);
-    assert!(lines <= 10, "{lines} log lines\n{}", tb.log(h));
+    assert_quiet(&tb, h, other, "without its interface");
 
     tb.topo.recreate_link(h).unwrap();
     let seen = wait_until(Duration::from_secs(8), || {
@@ -450,11 +429,5 @@ fn soft_nofile_1024_with_700_idle_forwarder_clients() {
         })
     })
     .expect("the forwarder sees the clients gone");
-    let (cpu, base, _) = quiet(&tb, 0, 1, Duration::from_secs(2));
-    println!(
-        "node 1 after the clients left: {:.2} % CPU (node 2 {:.2} %)",
-        cpu * 100.0,
-        base * 100.0
-    );
-    assert!(cpu < base + 0.05, "{:.1} % CPU", cpu * 100.0);
+    assert_quiet(&tb, 0, 1, "after the clients left");
 }

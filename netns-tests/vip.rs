@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use apivip::netns::{AddrProbe, VIP4, VIP6, require_root};
 use apivip::vip::{Placement, Vip, VipSpec};
-use support::{rt, topo};
+use support::{rt, topo, wait_until};
 
 mod support;
 
@@ -33,17 +33,6 @@ fn addr_info(node: &apivip::netns::Node, ip: IpAddr) -> Option<serde_json::Value
             })
         })
     })
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
 }
 
 #[test]

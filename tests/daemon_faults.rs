@@ -254,6 +254,14 @@ fn ack(seq: u64) -> Body {
     })
 }
 
+fn vote_request() -> Body {
+    Body::VoteRequest(VoteRequest {
+        priority: 100,
+        flags: Flags(Flags::HEALTHY | Flags::CAN_LEAD),
+        transfer: None,
+    })
+}
+
 fn errno_fault(errno: i32, reason: &'static str) -> VipDone {
     VipDone::Applied(Err(VipFault {
         reason,
@@ -283,15 +291,7 @@ fn a_failed_state_write_is_retried_and_prevotes_still_go_out() {
         priority: 100,
         flags: Flags(Flags::HEALTHY | Flags::CAN_LEAD),
     };
-    r.deliver(
-        2,
-        1,
-        Body::VoteRequest(VoteRequest {
-            priority: 100,
-            flags: candidacy.flags,
-            transfer: None,
-        }),
-    );
+    r.deliver(2, 1, vote_request());
     assert!(
         !r.sent()
             .iter()
@@ -331,15 +331,7 @@ fn a_failed_state_write_is_retried_and_prevotes_still_go_out() {
         })
     );
     // The candidate's retransmission now gets its vote.
-    r.deliver(
-        2,
-        1,
-        Body::VoteRequest(VoteRequest {
-            priority: 100,
-            flags: candidacy.flags,
-            transfer: None,
-        }),
-    );
+    r.deliver(2, 1, vote_request());
     assert!(
         r.sent()
             .iter()

@@ -22,6 +22,18 @@ pub fn rt() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Polls `f` every 10 ms for up to `limit`; how long it took to turn true.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
 pub fn topo(nodes: usize, clients: usize, ipv6: bool) -> Topology {
     Topology::build(&TopologySpec {
         nodes,

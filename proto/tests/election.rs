@@ -286,80 +286,65 @@ fn terms_are_bounded_and_never_lowered() {
     );
 }
 
-/// Brings a lone node of a 3-member list to leadership by hand: silence, pre-votes,
-/// votes, the first ack round. Returns the time when its VIP claim went out.
+/// An accepted ack of heartbeat `seq` in `term` from a follower that can lead.
+fn ack(term: u64, seq: u64) -> Message {
+    Message {
+        term,
+        body: Body::Ack(apivip_proto::message::Ack {
+            seq,
+            accepted: true,
+            flags: Flags(Flags::CAN_LEAD | Flags::HEALTHY),
+            priority: 100,
+            members_hash: 0,
+        }),
+    }
+}
+
+/// What a willing peer answers: it grants every pre-vote and vote and acks every
+/// heartbeat.
+fn willing_reply(msg: &Message) -> Option<Message> {
+    let yes = apivip_proto::message::Ballot {
+        granted: true,
+        reason: apivip_proto::message::VoteReason::Granted,
+    };
+    match &msg.body {
+        // A pre-vote names the proposed term; the voter answers from its own.
+        Body::PreVoteRequest(_) => Some(Message {
+            term: msg.term - 1,
+            body: Body::PreVote(yes),
+        }),
+        Body::VoteRequest(_) => Some(Message {
+            term: msg.term,
+            body: Body::Vote(yes),
+        }),
+        Body::Heartbeat(hb) => Some(ack(msg.term, hb.seq)),
+        _ => None,
+    }
+}
+
+/// Brings a node of a 3-member list to leadership by hand: silence, pre-votes, votes,
+/// the first ack round, all granted by willing peers. Returns when its claim went out.
 fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
     let mut now = t0;
     let mut acts = n.start(t0);
     for _ in 0..200 {
-        let mut replies = Vec::new();
+        let mut next = Vec::new();
         for a in &acts {
             match a {
-                Action::Send {
-                    to,
-                    msg:
-                        Message {
-                            term,
-                            body: Body::PreVoteRequest(_),
-                        },
-                } => replies.push((
-                    *to,
-                    Message {
-                        term: *term - 1,
-                        body: Body::PreVote(apivip_proto::message::Ballot {
-                            granted: true,
-                            reason: apivip_proto::message::VoteReason::Granted,
-                        }),
-                    },
-                )),
-                Action::Send {
-                    to,
-                    msg:
-                        Message {
-                            term,
-                            body: Body::VoteRequest(_),
-                        },
-                } => replies.push((
-                    *to,
-                    Message {
-                        term: *term,
-                        body: Body::Vote(apivip_proto::message::Ballot {
-                            granted: true,
-                            reason: apivip_proto::message::VoteReason::Granted,
-                        }),
-                    },
-                )),
-                Action::Send {
-                    to,
-                    msg:
-                        Message {
-                            term,
-                            body: Body::Heartbeat(hb),
-                        },
-                } => replies.push((
-                    *to,
-                    Message {
-                        term: *term,
-                        body: Body::Ack(apivip_proto::message::Ack {
-                            seq: hb.seq,
-                            accepted: true,
-                            flags: Flags(Flags::CAN_LEAD | Flags::HEALTHY),
-                            priority: 100,
-                            members_hash: 0,
-                        }),
-                    },
-                )),
-                Action::ReleaseVip => replies.push((0, heartbeat(0, 0))),
+                Action::Send { to, msg } => {
+                    if let Some(reply) = willing_reply(msg) {
+                        next.extend(n.handle(
+                            now,
+                            Event::Message {
+                                from: *to,
+                                msg: reply,
+                            },
+                        ));
+                    }
+                }
+                Action::ReleaseVip => next.extend(n.handle(now, Event::VipReleased)),
                 Action::ClaimVip { .. } => return now,
                 _ => {}
-            }
-        }
-        let mut next = Vec::new();
-        for (from, msg) in replies {
-            if from == 0 {
-                next.extend(n.handle(now, Event::VipReleased));
-            } else {
-                next.extend(n.handle(now, Event::Message { from, msg }));
             }
         }
         if next.is_empty() {
@@ -422,22 +407,8 @@ fn failing_claims_back_off_then_hand_over() {
                 .collect();
             for seq in beats {
                 for from in [2, 3] {
-                    acts.extend(n.handle(
-                        now,
-                        Event::Message {
-                            from,
-                            msg: Message {
-                                term: n.term(),
-                                body: Body::Ack(apivip_proto::message::Ack {
-                                    seq,
-                                    accepted: true,
-                                    flags: Flags(Flags::CAN_LEAD | Flags::HEALTHY),
-                                    priority: 100,
-                                    members_hash: 0,
-                                }),
-                            },
-                        },
-                    ));
+                    let msg = ack(n.term(), seq);
+                    acts.extend(n.handle(now, Event::Message { from, msg }));
                 }
             }
             if acts.iter().any(|a| matches!(a, Action::ClaimVip { .. })) {

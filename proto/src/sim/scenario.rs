@@ -311,13 +311,30 @@ fn random_target(rng: &mut Rng, n: u32) -> Target {
     }
 }
 
-fn faults(rng: &mut Rng, timing: Timing) -> Scenario {
+/// 3 nodes (70 %) or 5, on process-owned devices, each with a priority drawn from
+/// `priorities`.
+fn mixed_cluster(rng: &mut Rng, timing: &Timing, priorities: [Priority; 4]) -> SimConfig {
     let n = if rng.chance(0.7) { 3 } else { 5 };
     let mut cfg = SimConfig::cluster(n, timing.clone(), 0);
     cfg.device_placement = true;
     for spec in &mut cfg.nodes {
-        spec.priority = [100, 100, 150, 50][rng.below(4) as usize];
+        spec.priority = priorities[rng.below(4) as usize];
     }
+    cfg
+}
+
+/// A LAN, or one with 5 % loss and the usual reordering, at even odds.
+fn lan_or_lossy(rng: &mut Rng) -> NetParams {
+    if rng.chance(0.5) {
+        NetParams::lan()
+    } else {
+        NetParams::hostile(0.05)
+    }
+}
+
+fn faults(rng: &mut Rng, timing: Timing) -> Scenario {
+    let cfg = mixed_cluster(rng, &timing, [100, 100, 150, 50]);
+    let n = cfg.nodes.len() as u32;
     let fault_end = 20.0;
     let mut sc = Scenario::new(cfg, s(fault_end + 10.0));
     sc.at(s(0.0), Script::SetNet(net(rng)));
@@ -369,14 +386,7 @@ fn freeze(rng: &mut Rng, timing: Timing) -> Scenario {
     cfg.device_placement = false;
     let end = 25.0;
     let mut sc = Scenario::new(cfg, s(end + 10.0));
-    sc.at(
-        s(0.0),
-        Script::SetNet(if rng.chance(0.5) {
-            NetParams::lan()
-        } else {
-            NetParams::hostile(0.05)
-        }),
-    );
+    sc.at(s(0.0), Script::SetNet(lan_or_lossy(rng)));
     let mut t = 2.5;
     loop {
         let d = between(rng, 0.1, 4.0).as_secs_f64();
@@ -404,12 +414,8 @@ fn freeze(rng: &mut Rng, timing: Timing) -> Scenario {
 }
 
 fn handover(rng: &mut Rng, timing: Timing) -> Scenario {
-    let n = if rng.chance(0.7) { 3 } else { 5 };
-    let mut cfg = SimConfig::cluster(n, timing.clone(), 0);
-    cfg.device_placement = true;
-    for spec in &mut cfg.nodes {
-        spec.priority = [100, 150, 50, 100][rng.below(4) as usize];
-    }
+    let mut cfg = mixed_cluster(rng, &timing, [100, 150, 50, 100]);
+    let n = cfg.nodes.len() as u32;
     cfg.preempt_delay = between(rng, 0.0, 3.0);
     let end = 25.0;
     let mut sc = Scenario::new(cfg, s(end + 10.0));
@@ -747,21 +753,10 @@ fn late_acks(rng: &mut Rng, timing: Timing) -> Scenario {
 /// handover (an election when no follower is eligible), and the failing node must not
 /// hammer its kernel.
 fn vip_failure(rng: &mut Rng, timing: Timing) -> Scenario {
-    let n = if rng.chance(0.7) { 3 } else { 5 };
-    let mut cfg = SimConfig::cluster(n, timing.clone(), 0);
-    cfg.device_placement = true;
-    for spec in &mut cfg.nodes {
-        spec.priority = [100, 100, 150, 50][rng.below(4) as usize];
-    }
+    let cfg = mixed_cluster(rng, &timing, [100, 100, 150, 50]);
+    let n = cfg.nodes.len() as u32;
     let mut sc = Scenario::new(cfg, s(40.0));
-    sc.at(
-        s(0.0),
-        Script::SetNet(if rng.chance(0.5) {
-            NetParams::lan()
-        } else {
-            NetParams::hostile(0.05)
-        }),
-    );
+    sc.at(s(0.0), Script::SetNet(lan_or_lossy(rng)));
     let start = between(rng, 3.0, 6.0);
     let fault = between(rng, 5.0, 25.0);
     sc.at(start, Script::VipFault(Target::Holder, true));
