@@ -188,6 +188,14 @@ pub struct ElectionConfig {
     pub preempt_delay: Duration,
     #[serde(default)]
     pub quorum: Quorum,
+    /// The newest wire protocol this node speaks: 2, or 1 to behave as the previous
+    /// release while a cluster is upgraded (docs/operations.md, "Upgrades").
+    #[serde(default = "default_protocol")]
+    pub protocol: u8,
+}
+
+fn default_protocol() -> u8 {
+    apivip_proto::wire::VERSION_MAX
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,6 +535,7 @@ impl Default for ElectionConfig {
             preempt: true,
             preempt_delay: default_preempt_delay(),
             quorum: Quorum::Majority,
+            protocol: default_protocol(),
         }
     }
 }
@@ -1039,6 +1048,19 @@ impl Loaded {
                     "must be at least 1s (or unset)",
                 ));
             }
+        }
+        if !(apivip_proto::wire::VERSION_MIN..=apivip_proto::wire::VERSION_MAX)
+            .contains(&c.election.protocol)
+        {
+            errs.push(self.err(
+                "election.protocol",
+                c.election.protocol.to_string(),
+                format!(
+                    "must be {} to {} (the wire protocol versions this build speaks)",
+                    apivip_proto::wire::VERSION_MIN,
+                    apivip_proto::wire::VERSION_MAX
+                ),
+            ));
         }
         if c.election.quorum == Quorum::TwoNode && c.peers.len() != 2 {
             errs.push(self.err(

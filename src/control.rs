@@ -60,6 +60,9 @@ pub struct StatusReport {
     pub link_up: bool,
     pub profile: String,
     pub quorum: String,
+    /// The newest wire protocol this node speaks (`election.protocol`).
+    #[serde(default)]
+    pub protocol: u8,
     pub uptime_s: u64,
     pub epoch: u64,
     pub peers: Vec<PeerReport>,
@@ -114,6 +117,9 @@ pub struct PeerReport {
     pub last_heard_ms: Option<u64>,
     pub healthy: Option<bool>,
     pub can_lead: Option<bool>,
+    /// The newest wire protocol it speaks, as its latest datagram said (None: not heard).
+    #[serde(default)]
+    pub protocol: Option<u8>,
 }
 
 #[derive(Debug, Error)]
@@ -327,8 +333,8 @@ pub fn render_status(s: &StatusReport) -> String {
     );
     let _ = writeln!(
         o,
-        "\n{:<6} {:<40} {:>8} {:>12} {:>8} {:>8}",
-        "PEER", "ADDRESS", "PRIORITY", "LAST HEARD", "HEALTHY", "CAN LEAD"
+        "\n{:<6} {:<40} {:>8} {:>12} {:>8} {:>8} {:>8}",
+        "PEER", "ADDRESS", "PRIORITY", "LAST HEARD", "HEALTHY", "CAN LEAD", "PROTOCOL"
     );
     for p in &s.peers {
         let yn = |b: Option<bool>| b.map_or("-", |b| if b { "yes" } else { "no" });
@@ -339,13 +345,18 @@ pub fn render_status(s: &StatusReport) -> String {
         };
         let _ = writeln!(
             o,
-            "{:<6} {:<40} {:>8} {:>12} {:>8} {:>8}",
+            "{:<6} {:<40} {:>8} {:>12} {:>8} {:>8} {:>8}",
             id,
             p.address,
             p.priority,
             opt_ms(p.last_heard_ms),
             yn(p.healthy),
-            yn(p.can_lead)
+            yn(p.can_lead),
+            if p.is_self {
+                s.protocol.to_string()
+            } else {
+                p.protocol.map_or("-".into(), |v| v.to_string())
+            }
         );
     }
     if !s.non_members.is_empty() {

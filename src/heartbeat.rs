@@ -54,6 +54,8 @@ pub struct Transport {
     sender: std::net::UdpSocket,
     codec: Codec,
     peers: BTreeMap<NodeId, SocketAddr>,
+    /// Each sender's latest heartbeat said every member of its list speaks 2.
+    all_speak_2: BTreeMap<NodeId, bool>,
     out: Vec<u8>,
     buf: Box<[u8]>,
     stats: Stats,
@@ -98,6 +100,7 @@ impl Transport {
             sender,
             codec,
             peers,
+            all_speak_2: BTreeMap::new(),
             out: Vec::with_capacity(apivip_proto::wire::MAX_DATAGRAM),
             buf: vec![0u8; 2048].into_boxed_slice(),
             stats: Stats::default(),
@@ -116,10 +119,39 @@ impl Transport {
         self.codec.epoch()
     }
 
+    /// The newest wire version each peer heard from says it speaks.
+    pub fn peer_versions(&self) -> &BTreeMap<NodeId, u8> {
+        self.codec.peer_versions()
+    }
+
+    /// The newest wire version this node speaks.
+    pub fn max_version(&self) -> u8 {
+        self.codec.max_version()
+    }
+
     /// A reload's peer list and keys; replay windows of known senders are kept.
     pub fn reconfigure(&mut self, peers: BTreeMap<NodeId, SocketAddr>, keys: Keyring) {
         self.peers = peers;
         self.codec.set_keys(keys);
+        self.update_all_speak_2();
+    }
+
+    /// Whether every peer this node has been heard speak 2: its heartbeats then say so.
+    pub fn every_peer_speaks_2(&self) -> bool {
+        let v = self.codec.peer_versions();
+        self.peers
+            .keys()
+            .all(|id| v.get(id).is_some_and(|v| *v >= 2))
+    }
+
+    fn update_all_speak_2(&mut self) {
+        let all = self.every_peer_speaks_2();
+        self.codec.set_all_speak_2(all);
+    }
+
+    /// Whether `id`'s latest heartbeat said every member of its list speaks 2.
+    pub fn says_all_speak_2(&self, id: NodeId) -> bool {
+        self.all_speak_2.get(&id).copied().unwrap_or(false)
     }
 
     /// Seals and sends `msg` to `to` without waiting.
@@ -154,6 +186,10 @@ impl Transport {
                     tracing::debug!(peer = r.from, expected = %a.ip(), got = %from.ip(), "peer sent from an unexpected address");
                 }
                 self.stats.received += 1;
+                if matches!(r.msg.body, apivip_proto::Body::Heartbeat(_)) {
+                    self.all_speak_2.insert(r.from, r.all_speak_2);
+                }
+                self.update_all_speak_2();
                 Ok(Inbound::Message(r))
             }
             Err(error) => {

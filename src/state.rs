@@ -27,7 +27,10 @@ use thiserror::Error;
 const FILE: &str = "state";
 const SLOT: usize = 512;
 const SLOTS: usize = 2;
-const MAGIC: &str = "apivip-state 2";
+/// Each slot is one line starting with `#`: a release that reads the earlier text
+/// format (0.1) takes the file for an empty one (state lost: it starts from term 0 and
+/// stays silent first) instead of refusing to start after a downgrade.
+const MAGIC: &str = "# apivip-state 2";
 /// The first line of the text format written before slots (migrated on open).
 const OLD_HEADER: &str = "# apivip election state";
 
@@ -69,12 +72,17 @@ pub struct State {
     pub election: Persisted,
     /// The boot epoch of the last start: the next must be greater.
     pub epoch: u64,
+    /// The longest promise (election_timeout_min, ms) this node may have given: a restart
+    /// stays silent at least this long even when the timing changed across it.
+    pub promise_ms: u64,
 }
 
 /// Where the election's term and vote go before any message that depends on them leaves.
 /// The daemon's store; tests put a failing one in its place.
 pub trait Persist {
     fn persist(&mut self, p: Persisted) -> Result<(), StateError>;
+    /// Records the longest promise this node may have outstanding.
+    fn record_promise(&mut self, promise: std::time::Duration) -> Result<(), StateError>;
 }
 
 pub struct Store {
@@ -227,6 +235,17 @@ impl Persist for Store {
             ..self.state
         })
     }
+
+    fn record_promise(&mut self, promise: std::time::Duration) -> Result<(), StateError> {
+        let ms = u64::try_from(promise.as_millis()).unwrap_or(u64::MAX);
+        if ms == self.state.promise_ms {
+            return Ok(());
+        }
+        self.write(State {
+            promise_ms: ms,
+            ..self.state
+        })
+    }
 }
 
 /// FNV-1a 64: torn or bit-flipped slots, not an adversary, are what it must catch.
@@ -245,8 +264,8 @@ fn encode(seq: u64, s: State) -> [u8; SLOT] {
         .voted_for
         .map_or("none".to_string(), |v| v.to_string());
     let record = format!(
-        "{MAGIC} seq {seq} term {} voted_for {voted} epoch {}",
-        s.election.term, s.epoch
+        "{MAGIC} seq {seq} term {} voted_for {voted} epoch {} promise_ms {}",
+        s.election.term, s.epoch, s.promise_ms
     );
     let line = format!("{record} sum {:016x}", checksum(record.as_bytes()));
     let mut out = [b' '; SLOT];
@@ -300,6 +319,7 @@ fn decode(path: &Path, index: usize, bytes: &[u8]) -> Result<Option<(u64, State)
                 );
             }
             "epoch" => s.epoch = num(value)?,
+            "promise_ms" => s.promise_ms = num(value)?,
             other => return Err(corrupt(format!("unknown key {other:?}"))),
         }
     }
@@ -479,6 +499,24 @@ mod tests {
         assert_eq!(
             fs::metadata(dir.path().join(FILE)).unwrap().len(),
             (SLOT * SLOTS) as u64
+        );
+    }
+
+    /// The promise floor survives restarts, and the release before slots (0.1) would
+    /// read the file as empty rather than refuse it: every slot is a comment to it.
+    #[test]
+    fn promise_floor_survives_and_slots_are_comments_to_the_old_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.record_promise(std::time::Duration::from_millis(2200))
+            .unwrap();
+        drop(s);
+        assert_eq!(Store::open(dir.path()).unwrap().state().promise_ms, 2200);
+        let text = fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(
+            text.lines()
+                .all(|l| l.trim().is_empty() || l.starts_with('#')),
+            "{text}"
         );
     }
 

@@ -24,17 +24,29 @@ use apivip_proto::{Instant, Keyring};
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Clone, Default)]
-struct Sent(Arc<Mutex<Vec<(NodeId, Message)>>>);
+struct Sent {
+    msgs: Arc<Mutex<Vec<(NodeId, Message)>>>,
+    /// What each peer has said it speaks.
+    versions: Arc<Mutex<std::collections::BTreeMap<NodeId, u8>>>,
+    /// Peers whose heartbeats said every member speaks 2.
+    all_2: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
+}
 
 impl Outbox for Sent {
     fn send(&mut self, to: NodeId, msg: &Message) {
-        self.0.lock().unwrap().push((to, msg.clone()));
+        self.msgs.lock().unwrap().push((to, msg.clone()));
     }
     fn stats(&self) -> Stats {
         Stats::default()
     }
     fn epoch(&self) -> u64 {
         1
+    }
+    fn peer_versions(&self) -> std::collections::BTreeMap<NodeId, u8> {
+        self.versions.lock().unwrap().clone()
+    }
+    fn says_all_speak_2(&self, id: NodeId) -> bool {
+        self.all_2.lock().unwrap().contains(&id)
     }
     fn reconfigure(
         &mut self,
@@ -49,6 +61,7 @@ impl Outbox for Sent {
 struct Disk {
     fail: Arc<Mutex<VecDeque<i32>>>,
     written: Arc<Mutex<Vec<Persisted>>>,
+    promise: Arc<Mutex<Duration>>,
 }
 
 impl Persist for Disk {
@@ -60,6 +73,10 @@ impl Persist for Disk {
             });
         }
         self.written.lock().unwrap().push(p);
+        Ok(())
+    }
+    fn record_promise(&mut self, promise: Duration) -> Result<(), StateError> {
+        *self.promise.lock().unwrap() = promise;
         Ok(())
     }
 }
@@ -77,18 +94,26 @@ struct Rig {
 }
 
 fn cfg(members: &str) -> config::Config {
+    cfg_with(members, &[])
+}
+
+fn cfg_with(members: &str, extra: &[&str]) -> config::Config {
     let sources = Sources {
         file: None,
         env: Vec::new(),
-        sets: vec![
-            "node_id=1".into(),
-            format!("peers={members}"),
-            "vip.address=192.0.2.100/32".into(),
-            "vip.interface=eth0".into(),
-            "health.check=none".into(),
-            "forward.enabled=false".into(),
-            "metrics.address=".into(),
-        ],
+        sets: extra
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "node_id=1".into(),
+                format!("peers={members}"),
+                "vip.address=192.0.2.100/32".into(),
+                "vip.interface=eth0".into(),
+                "health.check=none".into(),
+                "forward.enabled=false".into(),
+                "metrics.address=".into(),
+            ])
+            .collect(),
     };
     config::load(&sources).expect("config").config
 }
@@ -96,6 +121,10 @@ fn cfg(members: &str) -> config::Config {
 const THREE: &str = "1=192.0.2.11,2=192.0.2.12,3=192.0.2.13";
 
 fn rig(members: &str, link_up: bool) -> Rig {
+    rig_with_floor(members, link_up, Duration::ZERO)
+}
+
+fn rig_with_floor(members: &str, link_up: bool, silence_floor: Duration) -> Rig {
     let clock = Arc::new(ManualClock::new(Instant::from_nanos(1_000_000_000)));
     let dyn_clock: Arc<dyn Clock> = clock.clone();
     let gate = Arc::new(HoldGate::new(dyn_clock.clone()));
@@ -112,6 +141,7 @@ fn rig(members: &str, link_up: bool) -> Rig {
         out: sent.clone(),
         store: disk.clone(),
         persisted: Persisted::default(),
+        silence_floor,
         seed: 7,
         healthy: true,
         link_up,
@@ -163,7 +193,7 @@ impl Rig {
     }
 
     fn sent(&self) -> Vec<(NodeId, Message)> {
-        std::mem::take(&mut *self.sent.0.lock().unwrap())
+        std::mem::take(&mut *self.sent.msgs.lock().unwrap())
     }
 
     fn deliver(&mut self, from: NodeId, term: u64, body: Body) {
@@ -251,6 +281,7 @@ fn ack(seq: u64) -> Body {
         flags: Flags(Flags::HEALTHY | Flags::CAN_LEAD),
         priority: 100,
         members_hash: 0,
+        promise: Some(Duration::from_millis(792)),
     })
 }
 
@@ -532,4 +563,85 @@ fn log_capture() -> (
     let buf = Arc::new(Mutex::new(String::new()));
     let w = W(buf.clone());
     (buf, move || w.clone())
+}
+
+/// Issue 12: a timing change on SIGHUP is refused until every member has been heard
+/// speaking protocol 2 (a version-1 ack states no promise, so a leader would assume its
+/// own timing for it), and a longer promise is on disk before the first ack makes it.
+#[test]
+fn a_timing_change_waits_until_every_member_speaks_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    let key = format!("key_file={}", key.display());
+    let with = |profile: &str| cfg_with(THREE, &[&format!("election.profile={profile}"), &key]);
+    let mut r = rig(THREE, true);
+    let err =
+        r.d.reload_config(cfg_with(THREE, &["election.profile=fast"]))
+            .expect_err("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("protocol 2") && msg.contains("[2, 3]"),
+        "{msg}"
+    );
+    // A follower hears only its leader: the leader's word that everyone speaks 2 is
+    // enough (its heartbeats carry it).
+    r.advance(Duration::from_millis(1100));
+    r.deliver(
+        2,
+        1,
+        Body::Heartbeat(Heartbeat {
+            seq: 1,
+            flags: Flags::default(),
+            priority: 100,
+            members_hash: 0,
+        }),
+    );
+    assert_eq!(r.d.node().leader(), Some(2));
+    r.sent.all_2.lock().unwrap().insert(2);
+    r.d.reload_config(with("fast"))
+        .expect("allowed on the leader's word");
+    r.d.reload_config(with("default")).expect("and back");
+    r.sent.all_2.lock().unwrap().clear();
+    assert_eq!(
+        r.d.config().election.profile.name(),
+        "default",
+        "applied anyway"
+    );
+    r.sent.versions.lock().unwrap().extend([(2, 2), (3, 2)]);
+    r.d.reload_config(with("fast"))
+        .expect("allowed once all speak 2");
+    assert_eq!(r.d.config().election.profile.name(), "fast");
+    r.d.reload_config(with("strict")).expect("and on");
+    assert_eq!(
+        *r.disk.promise.lock().unwrap(),
+        Duration::from_millis(2200),
+        "the longer promise was not recorded first"
+    );
+}
+
+/// A node that ran a slower timing before it restarted (its promises then lasted up to
+/// the floor the state file kept) stays silent for that floor, not just its new E_max.
+#[test]
+fn a_restart_stays_silent_for_the_longest_promise_it_may_have_given() {
+    let floor = Duration::from_millis(2200);
+    let mut r = rig_with_floor(THREE, true, floor);
+    r.confirm_releases();
+    r.advance(Duration::from_millis(2100));
+    assert!(
+        !r.sent()
+            .iter()
+            .any(|(_, m)| matches!(m.body, Body::PreVoteRequest(_))),
+        "campaigned inside the floor"
+    );
+    assert!(r.status().silent_remaining_ms.is_some());
+    r.advance(Duration::from_millis(600));
+    assert!(
+        r.sent()
+            .iter()
+            .any(|(_, m)| matches!(m.body, Body::PreVoteRequest(_))),
+        "never campaigned"
+    );
+    // The floor comes down to this run's own promise once the silence is over.
+    assert_eq!(*r.disk.promise.lock().unwrap(), Duration::from_millis(800));
 }

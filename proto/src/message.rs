@@ -103,6 +103,12 @@ pub struct Ack {
     pub flags: Flags,
     pub priority: Priority,
     pub members_hash: u32,
+    /// How long, in real time, the acker promises not to vote for anyone else: its own
+    /// E_min(1 − rho). The leader's lease from this ack is bounded by it, so a follower
+    /// already running a faster timing than the leader (a rolling change) is never
+    /// outlived. Protocol 2; `None` from a protocol-1 acker (the leader then assumes its
+    /// own timing, which is why timing changes wait until every node speaks 2).
+    pub promise: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -118,6 +118,14 @@ impl Timing {
         self.election_min.mul_f64(1.0 - self.drift())
     }
 
+    /// The longest lease (on this leader's clock) that a promise lasting `promise` real
+    /// time can back: (lease + margin)(1 + rho) must stay below it, as in `validate`.
+    pub fn lease_backed_by(&self, promise: Duration) -> Duration {
+        promise
+            .div_f64(1.0 + self.drift())
+            .saturating_sub(self.margin + Duration::from_millis(1))
+    }
+
     /// The longest real time `d` measured on a slow clock can take.
     fn stretched(&self, d: Duration) -> Duration {
         d.mul_f64(1.0 + self.drift())

@@ -296,6 +296,7 @@ fn ack(term: u64, seq: u64) -> Message {
             flags: Flags(Flags::CAN_LEAD | Flags::HEALTHY),
             priority: 100,
             members_hash: 0,
+            promise: Some(Profile::Default.timing().election_min_real()),
         }),
     }
 }

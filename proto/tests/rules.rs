@@ -134,6 +134,18 @@ fn vip_failure_handover() {
     rule_is_needed("vip_failure_handover", &[(Family::VipFailure, D)]);
 }
 
+#[test]
+fn acker_promises() {
+    rule_is_needed(
+        "acker_promises",
+        &[
+            (Family::RollingTiming, D),
+            (Family::RollingTiming, Profile::Strict),
+            (Family::RollingUpgrade, D),
+        ],
+    );
+}
+
 /// With every rule on, the aimed families pass over the seeds the tests above use.
 #[test]
 fn aimed_families_pass_with_all_rules() {

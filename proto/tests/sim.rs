@@ -188,3 +188,61 @@ fn runs_are_deterministic() {
         (b.events, b.holder_changes, b.overlap, b.gap_total)
     );
 }
+
+/// Issue 12's probe: the leader still on the default timing (L = 500 ms), its followers
+/// already reloaded to `fast` (E_min = 300 ms), and the leader cut from its peers but not
+/// from its clients. With leases bounded by what each acker promised: no overlap. With
+/// the leader's own timing assumed for everyone, as before: two holders.
+#[test]
+fn mixed_timing_probe_gives_no_overlap() {
+    use apivip_proto::sim::{Script, Sim, SimConfig, Target};
+    let run = |rules: Rules| {
+        let mut total = Duration::ZERO;
+        for seed in 0..20 {
+            let mut cfg = SimConfig::cluster(3, Profile::Default.timing(), seed);
+            cfg.device_placement = true;
+            cfg.rules = rules;
+            cfg.nodes[0].priority = 200;
+            for spec in &mut cfg.nodes[1..] {
+                spec.timing = Some(Profile::Fast.timing());
+            }
+            let mut sim = Sim::new(cfg);
+            // The fast followers win the first election; node 1 preempts them 3 s later.
+            sim.run_until(Duration::from_secs(8));
+            assert_eq!(sim.holders(), [1], "node 1 (default timing) leads");
+            sim.script(Duration::from_secs(8), Script::Isolate(Target::Holder));
+            sim.run_until(Duration::from_secs(12));
+            total += sim.finish().overlap;
+        }
+        total
+    };
+    let with = run(Rules::ALL);
+    let without = run(Rules::ALL.without("acker_promises").expect("a rule"));
+    println!(
+        "mixed timings, leader isolated, 20 seeds: overlap {} with promises in acks, {} without",
+        ms(with),
+        ms(without)
+    );
+    assert_eq!(with, Duration::ZERO);
+    assert!(without > Duration::ZERO, "the probe no longer probes");
+}
+
+/// Every ordered pair of profiles (default <-> fast <-> strict) gets 300 seeds of the
+/// rolling timing change: 0 overlaps, one holder soon after.
+#[test]
+fn rolling_timing_change_in_every_order() {
+    let mut failures = Vec::new();
+    for from in Profile::ALL {
+        let sw = scenario::sweep(Family::RollingTiming, 0..2 * SEEDS, Rules::ALL, from);
+        println!(
+            "rolling timing from {} (to {} and {}): {} runs, {} with overlap",
+            from.name(),
+            scenario::rolling_target(from, 0).name(),
+            scenario::rolling_target(from, 1).name(),
+            sw.runs,
+            sw.runs_with_overlap
+        );
+        failures.extend(sw.failures);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -9,8 +9,8 @@ use apivip_proto::message::{
     NodeId, Resign, TimeoutNow, Transfer, VoteReason, VoteRequest,
 };
 use apivip_proto::wire::{
-    ClusterId, Codec, DecodeError, HEADER_LEN, KeyError, Keyring, MAC_LEN, MAX_DATAGRAM, MAX_KEYS,
-    MAX_SENDERS, REPLAY_WINDOW, body_len,
+    ALL_SPEAK_2, ClusterId, Codec, DecodeError, HEADER_LEN, KeyError, Keyring, MAC_LEN,
+    MAX_DATAGRAM, MAX_KEYS, MAX_SENDERS, REPLAY_WINDOW, SPEAKS_2, VERSION_MAX, body_len,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -61,6 +61,7 @@ fn edge_messages() -> Vec<Message> {
                     flags: Flags(small),
                     priority: small,
                     members_hash: word,
+                    promise: Some(std::time::Duration::from_millis(u64::from(word))),
                 }),
                 Body::PreVoteRequest(Candidacy {
                     priority: small,
@@ -110,15 +111,29 @@ fn round_trip_every_kind_with_edge_values() {
     let mut sender = codec(u32::MAX, MAX_EPOCH);
     let mut receiver = codec(1, 5);
     for (i, msg) in messages.iter().enumerate() {
+        // To any member (version 2), and to node 1, not heard yet (version 1).
         let to = if i % 2 == 0 { 0 } else { 1 };
+        let version = if to == 0 { VERSION_MAX } else { 1 };
         let bytes = sender.encode(to, msg);
         assert_eq!(
             bytes.len(),
-            HEADER_LEN + body_len(msg.body.kind()) + MAC_LEN
+            HEADER_LEN + body_len(msg.body.kind(), version) + MAC_LEN
         );
         assert!(bytes.len() <= MAX_DATAGRAM);
         let got = receiver.decode(&bytes).expect("valid datagram decodes");
-        assert_eq!(got.msg, *msg);
+        assert_eq!(got.version, version);
+        // A version-1 datagram says the sender speaks 2 only through a flags byte.
+        let flagged = matches!(
+            msg.body,
+            Body::Heartbeat(_) | Body::Ack(_) | Body::PreVoteRequest(_) | Body::VoteRequest(_)
+        );
+        let speaks = if version >= 2 || flagged {
+            VERSION_MAX
+        } else {
+            1
+        };
+        assert_eq!(got.speaks, speaks);
+        assert_eq!(got.msg, as_received(msg, version));
         assert_eq!((got.from, got.to), (u32::MAX, to));
         assert_eq!(got.epoch, MAX_EPOCH);
         assert_eq!(
@@ -157,6 +172,42 @@ fn counter_is_per_sender_across_recipients_and_encode_into_reuses_buffers() {
     assert_eq!(sender.next_counter(), 4);
 }
 
+/// What a receiver gets for `msg` sent in `version` by a sender that speaks 2: the
+/// SPEAKS_2 bit stripped from the flags, an ack's promise present only in version 2
+/// (in whole milliseconds).
+fn as_received(msg: &Message, version: u8) -> Message {
+    let strip = |f: Flags| Flags(f.0 & !SPEAKS_2);
+    let body = match msg.body.clone() {
+        Body::Heartbeat(h) => Body::Heartbeat(Heartbeat {
+            flags: Flags(h.flags.0 & !(SPEAKS_2 | ALL_SPEAK_2)),
+            ..h
+        }),
+        Body::Ack(a) => Body::Ack(Ack {
+            flags: strip(a.flags),
+            promise: (version >= 2).then(|| {
+                std::time::Duration::from_millis(
+                    a.promise
+                        .map_or(0, |p| p.as_millis().min(u128::from(u32::MAX)) as u64),
+                )
+            }),
+            ..a
+        }),
+        Body::PreVoteRequest(c) => Body::PreVoteRequest(Candidacy {
+            flags: strip(c.flags),
+            ..c
+        }),
+        Body::VoteRequest(v) => Body::VoteRequest(VoteRequest {
+            flags: strip(v.flags),
+            ..v
+        }),
+        other => other,
+    };
+    Message {
+        term: msg.term,
+        body,
+    }
+}
+
 #[test]
 fn unknown_flag_bits_are_kept_and_ignored() {
     let mut sender = codec(1, EPOCH);
@@ -165,7 +216,7 @@ fn unknown_flag_bits_are_kept_and_ignored() {
         term: 1,
         body: Body::Heartbeat(Heartbeat {
             seq: 1,
-            flags: Flags(0xf0 | Flags::HOLDS_VIP),
+            flags: Flags(0x30 | Flags::HOLDS_VIP),
             priority: 1,
             members_hash: 0,
         }),
@@ -176,6 +227,11 @@ fn unknown_flag_bits_are_kept_and_ignored() {
     };
     assert!(h.flags.has(Flags::HOLDS_VIP));
     assert!(!h.flags.has(Flags::HEALTHY));
+    assert_eq!(
+        h.flags.0,
+        0x30 | Flags::HOLDS_VIP,
+        "SPEAKS_2 is the wire's, not the election's"
+    );
 }
 
 #[test]
@@ -206,6 +262,9 @@ const PROTOCOL_MD: &str = include_str!("../../docs/protocol.md");
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Vector {
     name: String,
+    /// The datagram's version, and the newest the sender speaks.
+    version: u8,
+    speaks: u8,
     key: String,
     cluster: String,
     from: NodeId,
@@ -279,6 +338,8 @@ fn parse_vectors(text: &str) -> Vec<Vector> {
             let get = |f: &str| r.get(f).unwrap_or_else(|| panic!("missing {f}")).clone();
             Vector {
                 name: get("vector"),
+                version: parse_num(&get("version")),
+                speaks: parse_num(&get("speaks")),
                 key: get("key"),
                 cluster: get("cluster"),
                 from: parse_num(&get("from")),
@@ -334,6 +395,9 @@ fn parse_message(text: &str, term: u64) -> Message {
             flags: Flags(byte("flags")),
             priority: byte("priority"),
             members_hash: u32::try_from(num("members_hash")).expect("u32"),
+            promise: fields
+                .get("promise_ms")
+                .map(|v| std::time::Duration::from_millis(parse_num(v))),
         }),
         "pre_vote_request" => Body::PreVoteRequest(Candidacy {
             priority: byte("priority"),
@@ -405,6 +469,10 @@ fn encode_produces_the_vector_bytes() {
             v.epoch,
             keys(v.key.as_bytes()),
         );
+        sender.set_max_version(v.speaks);
+        if v.version >= 2 && v.to != 0 {
+            teach(&mut sender, v.to, &v.cluster, v.key.as_bytes());
+        }
         for _ in 1..v.counter {
             sender.encode(v.to, &msg);
         }
@@ -418,6 +486,16 @@ fn encode_produces_the_vector_bytes() {
     }
 }
 
+/// Lets `codec` hear from `peer` that it speaks version 2 (a datagram of its).
+fn teach(codec: &mut Codec, peer: NodeId, cluster: &str, key: &[u8]) {
+    let mut p = Codec::new(ClusterId::from_name(cluster), peer, 1, keys(key));
+    let bytes = p.encode(codec.me(), &heartbeat(1));
+    codec
+        .decode(&bytes)
+        .expect("the teacher's datagram decodes");
+    assert_eq!(codec.version_for(peer), 2);
+}
+
 #[test]
 fn decode_gives_back_the_vector_fields() {
     for v in vectors() {
@@ -428,6 +506,12 @@ fn decode_gives_back_the_vector_fields() {
         assert_eq!(got.to, v.to, "{}", v.name);
         assert_eq!(got.epoch, v.epoch, "{}", v.name);
         assert_eq!(got.counter, v.counter, "{}", v.name);
+        assert_eq!(
+            (got.version, got.speaks),
+            (v.version, v.speaks),
+            "{}",
+            v.name
+        );
         assert_eq!(got.msg, parse_message(&v.message, v.term), "{}", v.name);
     }
 }
@@ -685,13 +769,27 @@ fn rejects_bad_magic() {
 
 #[test]
 fn rejects_unsupported_version() {
-    for got in [0, 2, 255] {
+    for got in [0, 3, 255] {
         let raw = Raw {
             version: got,
             ..Raw::heartbeat()
         };
-        assert_eq!(decode(&raw), Err(DecodeError::UnsupportedVersion { got }));
+        assert_eq!(
+            decode(&raw),
+            Err(DecodeError::UnsupportedVersion { got, max: 2 })
+        );
     }
+    // A node held to protocol 1 (the previous release's behaviour) refuses version 2.
+    let mut old = receiver();
+    old.set_max_version(1);
+    let raw = Raw {
+        version: 2,
+        ..Raw::heartbeat()
+    };
+    assert_eq!(
+        old.decode(&raw.signed()),
+        Err(DecodeError::UnsupportedVersion { got: 2, max: 1 })
+    );
 }
 
 #[test]
@@ -817,7 +915,7 @@ fn rejects_malformed_bodies() {
     use MessageKind::*;
     // Every kind, one byte short and one byte long: bodies are fixed-size.
     for kind in MessageKind::ALL {
-        let len = body_len(kind);
+        let len = body_len(kind, 1);
         assert_malformed(kind, &vec![0; len - 1], "body length");
         assert_malformed(kind, &vec![0; len + 1], "body length");
     }
@@ -1042,7 +1140,7 @@ fn reasons_are_distinct_stable_labels() {
         DecodeError::Truncated { len: 0, need: 78 },
         DecodeError::Oversized { len: 300 },
         DecodeError::BadMagic { got: [0, 0] },
-        DecodeError::UnsupportedVersion { got: 2 },
+        DecodeError::UnsupportedVersion { got: 3, max: 2 },
         DecodeError::UnknownKind { code: 0 },
         DecodeError::WrongCluster { got: ours, ours },
         DecodeError::WrongRecipient { to: 3 },
@@ -1594,4 +1692,56 @@ fn encoding_a_transfer_from_node_zero_asserts_in_debug_builds() {
         }),
     };
     codec(1, EPOCH).encode(2, &msg);
+}
+
+/// Negotiation: a node speaks to each peer the newest version both speak, as that peer's
+/// latest datagram said; version 1 to a peer not heard yet. Upgraded nodes find each
+/// other through the SPEAKS_2 flag on version-1 datagrams, and a node downgraded to a
+/// version-1-only release is spoken to in version 1 from its first datagram on.
+#[test]
+fn versions_follow_what_each_peer_speaks() {
+    let mut a = codec(1, EPOCH);
+    let mut b = codec(2, EPOCH);
+    let ack = Message {
+        term: 3,
+        body: Body::Ack(Ack {
+            seq: 1,
+            accepted: true,
+            flags: Flags(Flags::CAN_LEAD),
+            priority: 100,
+            members_hash: 0,
+            promise: Some(std::time::Duration::from_millis(297)),
+        }),
+    };
+    // Neither has heard the other: version 1, with the flag.
+    assert_eq!(a.version_for(2), 1);
+    let first = b.decode(&a.encode(2, &heartbeat(1))).expect("decodes");
+    assert_eq!((first.version, first.speaks), (1, 2));
+    // b now knows a speaks 2 and answers in 2, with its promise.
+    assert_eq!(b.version_for(1), 2);
+    let got = a.decode(&b.encode(1, &ack)).expect("decodes");
+    assert_eq!(got.version, 2);
+    assert_eq!(got.msg, ack);
+    assert_eq!(a.version_for(2), 2);
+
+    // b is replaced by a release that speaks only version 1 (a downgrade).
+    let mut old = codec(2, EPOCH + 1);
+    old.set_max_version(1);
+    // It refuses what a still sends in version 2, as an old release would...
+    assert!(matches!(
+        old.decode(&a.encode(2, &heartbeat(2))),
+        Err(DecodeError::UnsupportedVersion { got: 2, max: 1 })
+    ));
+    // ...until a hears from it: its datagrams carry no flag, and a drops to version 1.
+    let from_old = a.decode(&old.encode(1, &ack)).expect("decodes");
+    assert_eq!((from_old.version, from_old.speaks), (1, 1));
+    let Body::Ack(seen) = from_old.msg.body else {
+        panic!("not an ack")
+    };
+    assert_eq!(seen.promise, None, "a version-1 ack carries no promise");
+    assert_eq!(a.version_for(2), 1);
+    let back = old
+        .decode(&a.encode(2, &heartbeat(3)))
+        .expect("version 1 again");
+    assert_eq!(back.version, 1);
 }

@@ -51,6 +51,10 @@ pub trait Outbox {
     fn send(&mut self, to: NodeId, msg: &Message);
     fn stats(&self) -> Stats;
     fn epoch(&self) -> u64;
+    /// The newest wire version each peer heard from speaks.
+    fn peer_versions(&self) -> BTreeMap<NodeId, u8>;
+    /// Whether `id`'s latest heartbeat said every member of its list speaks 2.
+    fn says_all_speak_2(&self, id: NodeId) -> bool;
     fn reconfigure(&mut self, peers: BTreeMap<NodeId, SocketAddr>, keys: Keyring);
 }
 
@@ -63,6 +67,12 @@ impl Outbox for Transport {
     }
     fn epoch(&self) -> u64 {
         Transport::epoch(self)
+    }
+    fn peer_versions(&self) -> BTreeMap<NodeId, u8> {
+        Transport::peer_versions(self).clone()
+    }
+    fn says_all_speak_2(&self, id: NodeId) -> bool {
+        Transport::says_all_speak_2(self, id)
     }
     fn reconfigure(&mut self, peers: BTreeMap<NodeId, SocketAddr>, keys: Keyring) {
         Transport::reconfigure(self, peers, keys);
@@ -87,6 +97,7 @@ pub fn node_config(cfg: &Config) -> Result<NodeConfig> {
     n.preempt = cfg.election.preempt;
     n.preempt_delay = cfg.election.preempt_delay;
     n.rules = Rules::ALL;
+    n.protocol = cfg.election.protocol;
     n.validate().map_err(|e| anyhow!("election config: {e}"))?;
     Ok(n)
 }
@@ -135,6 +146,9 @@ pub struct Parts<O, S> {
     pub store: S,
     /// What the store held at start.
     pub persisted: Persisted,
+    /// The longest promise the previous run may have given (the state file's): the
+    /// start-up silence lasts at least this long.
+    pub silence_floor: Duration,
     pub seed: u64,
     pub healthy: bool,
     /// The interface's state as the VIP worker found it at start.
@@ -173,6 +187,9 @@ pub struct Driver<O, S> {
     term_log: LogThrottle,
     /// Fields a reload could not apply; they take effect at the next restart.
     restart_needed: BTreeSet<String>,
+    /// The state file's promise floor is above this run's E_min: lower it once the
+    /// start-up silence (which covered the older, longer promises) is over.
+    lower_floor_after_silence: bool,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     forwarder: Option<Arc<ForwarderHandle>>,
@@ -187,7 +204,9 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
     /// Builds the node and starts it: the start-up release (Rule 8), the first timer,
     /// and the interface's state if it is down.
     pub fn new(p: Parts<O, S>) -> Result<Driver<O, S>> {
-        let node_cfg = node_config(&p.cfg)?;
+        let mut node_cfg = node_config(&p.cfg)?;
+        node_cfg.silence_floor = p.silence_floor;
+        let promise = node_cfg.timing.election_min;
         let now = p.clock.now();
         let node = Node::new(node_cfg, p.persisted, p.healthy, p.seed, now);
         let mut d = Driver {
@@ -213,11 +232,17 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
             terms_refused: 0,
             term_log: LogThrottle::default(),
             restart_needed: BTreeSet::new(),
+            lower_floor_after_silence: p.silence_floor > promise,
             metrics: p.metrics,
             readiness: p.readiness,
             forwarder: p.forwarder,
             forwarder_rt: p.forwarder_rt,
         };
+        // Before any ack of this run can promise: the floor covers the longer of the
+        // previous run's promises and this run's.
+        if let Err(e) = d.store.record_promise(promise.max(p.silence_floor)) {
+            d.state_failed(e.to_string());
+        }
         d.set_metric_peers();
         d.metrics.set_apiserver_healthy(p.healthy);
         d.metrics.set_role(Some(RoleName::Follower));
@@ -310,6 +335,15 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
     /// Whatever is due now.
     pub fn wake(&mut self) {
         let now = self.clock.now();
+        if self.lower_floor_after_silence && self.node.status(now).silent_remaining.is_none() {
+            // Every promise of the previous run has run out: the floor may come down to
+            // this run's own.
+            self.lower_floor_after_silence = false;
+            let promise = self.node.config().timing.election_min;
+            if let Err(e) = self.store.record_promise(promise) {
+                tracing::debug!(error = %e, "cannot lower the promise floor (harmless: a longer silence after the next start)");
+            }
+        }
         if self.state_fault.retry_at.is_some_and(|t| now >= t) {
             self.retry_state();
         }
@@ -642,12 +676,13 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
                 return;
             }
         };
-        if let Err(e) = self.try_reload(new) {
+        if let Err(e) = self.reload_config(new) {
             tracing::error!("config reload rejected, keeping the running config: {e:#}");
         }
     }
 
-    fn try_reload(&mut self, new: Config) -> Result<()> {
+    /// Applies a new config as SIGHUP does; an error leaves everything as it was.
+    pub fn reload_config(&mut self, new: Config) -> Result<()> {
         let diff = reload_diff(&self.cfg, &new);
         if let Some((field, a, b)) = diff.refused.first() {
             bail!(
@@ -655,6 +690,16 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
             );
         }
         let node_cfg = node_config(&new)?;
+        let (old_t, new_t) = (self.cfg.election.timing(), new.election.timing());
+        if old_t != new_t {
+            self.timing_change_allowed()?;
+            // A longer promise is on disk before the first ack makes it.
+            if new_t.election_min > old_t.election_min {
+                self.store
+                    .record_promise(new_t.election_min)
+                    .map_err(|e| anyhow!("cannot record the longer promise: {e}"))?;
+            }
+        }
         let keys = load_keys(&new.key_file)?;
         if let Some(f) = &self.forwarder {
             let health = crate::forward::settings::health(&new);
@@ -681,11 +726,44 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
         Ok(())
     }
 
+    /// A timing change is safe once every acker states its promise (protocol 2): until
+    /// then a leader must assume its own timing for everyone's acks.
+    fn timing_change_allowed(&self) -> Result<()> {
+        if self.cfg.election.protocol < 2 {
+            bail!(
+                "election timing changed, but this node runs election.protocol = {}: timing changes need protocol 2 on every node (a version-1 ack carries no promise)",
+                self.cfg.election.protocol
+            );
+        }
+        let versions = self.out.peer_versions();
+        let behind: Vec<u32> = self
+            .cfg
+            .peers
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| *id != self.cfg.node_id)
+            .filter(|id| versions.get(id).copied().unwrap_or(1) < 2)
+            .collect();
+        // A follower hears only its leader; the leader hears everyone and says so.
+        let leader_says = self
+            .node
+            .leader()
+            .filter(|l| *l != self.cfg.node_id)
+            .is_some_and(|l| self.out.says_all_speak_2(l));
+        if !behind.is_empty() && !leader_says {
+            bail!(
+                "election timing changed: refused until every member speaks protocol 2, and node(s) {behind:?} have not been heard speaking it (a leader would assume its own timing for their acks; upgrade them first, see docs/operations.md, \"Upgrades and timing changes\")"
+            );
+        }
+        Ok(())
+    }
+
     // ===== status =====
 
     pub fn status(&self) -> StatusReport {
         let now = self.clock.now();
         let st = self.node.status(now);
+        let versions = self.out.peer_versions();
         let peers = st
             .members
             .iter()
@@ -702,6 +780,11 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
                 last_heard_ms: m.last_heard.map(ms),
                 healthy: m.healthy,
                 can_lead: m.can_lead,
+                protocol: if m.is_self {
+                    Some(self.cfg.election.protocol)
+                } else {
+                    versions.get(&m.id).copied()
+                },
             })
             .collect();
         let mut vip = self.vip_report.clone();
@@ -720,6 +803,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
             healthy: st.healthy,
             link_up: st.link_up,
             profile: self.cfg.election.profile.name().into(),
+            protocol: self.cfg.election.protocol,
             quorum: match self.cfg.election.quorum {
                 Quorum::Majority => "majority".into(),
                 Quorum::TwoNode => "two-node".into(),
@@ -767,6 +851,7 @@ pub struct ReloadDiff {
 /// Fields a running daemon cannot change: its identity, where its state lives, and the
 /// VIP itself.
 const REFUSED: &[&str] = &[
+    "election.protocol",
     "node_id",
     "cluster",
     "port",

@@ -74,7 +74,9 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
     let keys = load_keys(&cfg.key_file)?;
     let mut store = Store::open(&cfg.state_dir)?;
     let epoch = store.begin_epoch()?;
-    let codec = Codec::new(ClusterId::from_name(&cfg.cluster), cfg.node_id, epoch, keys);
+    let mut codec = Codec::new(ClusterId::from_name(&cfg.cluster), cfg.node_id, epoch, keys);
+    codec.set_max_version(cfg.election.protocol);
+    let silence_floor = Duration::from_millis(store.state().promise_ms);
     let local = std::net::SocketAddr::new(me.address, cfg.port);
 
     let clock: Arc<dyn Clock> = Arc::new(BootClock::start());
@@ -118,6 +120,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
                             out: transport,
                             store,
                             persisted,
+                            silence_floor,
                             seed,
                             healthy,
                             link_up: worker.link_up,

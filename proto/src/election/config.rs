@@ -61,11 +61,16 @@ pub struct Rules {
     /// A leader whose kernel keeps refusing the VIP hands it over and stands aside for a
     /// while, instead of re-claiming on every ack round.
     pub vip_failure_handover: bool,
+    /// The lease from each ack is bounded by the promise that acker stated (its own
+    /// E_min), and a restart stays silent for the longest promise it may have given
+    /// before (a timing changed across the restart): mixed timings during a rolling
+    /// change never outlive a promise.
+    pub acker_promises: bool,
 }
 
 impl Rules {
     /// Every rule's field name, for tools that turn rules off by name.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "promise_check",
         "lease_check",
         "restart_silence",
@@ -80,6 +85,7 @@ impl Rules {
         "two_node_tiebreak",
         "hold_against_stale_terms",
         "vip_failure_handover",
+        "acker_promises",
     ];
 
     /// These rules with `name` turned off; `None` when `name` is not a rule.
@@ -99,6 +105,7 @@ impl Rules {
             "two_node_tiebreak" => &mut self.two_node_tiebreak,
             "hold_against_stale_terms" => &mut self.hold_against_stale_terms,
             "vip_failure_handover" => &mut self.vip_failure_handover,
+            "acker_promises" => &mut self.acker_promises,
             _ => return None,
         };
         *flag = false;
@@ -120,6 +127,7 @@ impl Rules {
         two_node_tiebreak: true,
         hold_against_stale_terms: true,
         vip_failure_handover: true,
+        acker_promises: true,
     };
 }
 
@@ -141,6 +149,13 @@ pub struct NodeConfig {
     pub preempt: bool,
     pub preempt_delay: Duration,
     pub rules: Rules,
+    /// The highest protocol version this node speaks: 2 sends promises in acks and uses
+    /// them; 1 behaves as the previous release (for rolling upgrades and their tests).
+    pub protocol: u8,
+    /// The start-up silence lasts at least this long: the longest promise this node may
+    /// have given before it restarted (a timing changed across the restart). The
+    /// daemon keeps it in the state file.
+    pub silence_floor: Duration,
 }
 
 #[derive(Clone, Debug, Error, PartialEq)]
@@ -155,6 +170,8 @@ pub enum NodeConfigError {
     TwoNodeSize(usize),
     #[error("timing: {0}")]
     Timing(TimingError),
+    #[error("protocol {0}: this build speaks protocol 1 and 2")]
+    Protocol(u8),
 }
 
 impl NodeConfig {
@@ -167,6 +184,8 @@ impl NodeConfig {
             preempt: true,
             preempt_delay: Duration::from_secs(3),
             rules: Rules::ALL,
+            protocol: crate::wire::VERSION_MAX,
+            silence_floor: Duration::ZERO,
         }
     }
 
@@ -187,6 +206,9 @@ impl NodeConfig {
         }
         if let Some(e) = self.timing.validate().into_iter().next() {
             return Err(NodeConfigError::Timing(e));
+        }
+        if !(1..=crate::wire::VERSION_MAX).contains(&self.protocol) {
+            return Err(NodeConfigError::Protocol(self.protocol));
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ pub(super) struct LeaderState {
     next_seq: u64,
     /// (seq, send time) of recent heartbeats.
     sent: VecDeque<(u64, Instant)>,
-    /// Highest seq each member acked, and when.
-    pub(super) acked: BTreeMap<NodeId, (u64, Instant)>,
+    /// Highest seq each member acked, when, and the lease that ack can back.
+    pub(super) acked: BTreeMap<NodeId, Acked>,
     pub(super) lease_until: Option<Instant>,
     /// The heartbeat the current lease comes from.
     lease_seq: u64,
@@ -27,6 +27,15 @@ pub(super) struct LeaderState {
     transfer: Option<TransferReason>,
     /// A better follower and since when it has been eligible.
     preempt: Option<(NodeId, Instant)>,
+}
+
+/// A member's latest ack, as the lease needs it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Acked {
+    pub(super) seq: u64,
+    pub(super) at: Instant,
+    /// The longest lease this acker's promise backs (the leader's own lease at most).
+    lease: Duration,
 }
 
 impl LeaderState {
@@ -165,9 +174,26 @@ impl Node {
         let Role::Leader(l) = &mut self.role else {
             return;
         };
-        let e = l.acked.entry(from).or_insert((0, now));
-        if ack.seq >= e.0 {
-            *e = (ack.seq, now);
+        let t = &self.cfg.timing;
+        let lease = match ack.promise {
+            Some(p) if self.cfg.protocol >= 2 && self.cfg.rules.acker_promises => {
+                t.lease.min(t.lease_backed_by(p))
+            }
+            // A protocol-1 acker: it runs the timing this leader runs (timing changes
+            // wait until every node speaks 2).
+            _ => t.lease,
+        };
+        let e = l.acked.entry(from).or_insert(Acked {
+            seq: 0,
+            at: now,
+            lease,
+        });
+        if ack.seq >= e.seq {
+            *e = Acked {
+                seq: ack.seq,
+                at: now,
+                lease,
+            };
         }
         self.recompute_lease();
     }
@@ -202,8 +228,11 @@ impl Node {
         self.send_heartbeat(now);
     }
 
-    /// lease = send time of the newest heartbeat that a quorum (us included) acked, + L.
-    /// An ack of a later heartbeat counts for earlier ones: its promise started later.
+    /// Each member of a quorum (us included) backs the lease until the send time of the
+    /// heartbeat it last acked plus what its promise covers (our own lease at most);
+    /// the lease runs to the q-th latest of those. With one timing everywhere this is
+    /// "send time of the newest heartbeat a quorum acked, + L". An ack of a later
+    /// heartbeat counts for earlier ones: its promise started later.
     fn recompute_lease(&mut self) {
         let q = self.cfg.quorum_size();
         let rules = self.cfg.rules;
@@ -216,20 +245,25 @@ impl Node {
             l.lease_seq = latest;
             return;
         }
-        let mut seqs: Vec<u64> = l.acked.values().map(|(s, _)| *s).collect();
-        seqs.push(latest);
-        if seqs.len() < q {
+        let mut backed: Vec<(Instant, u64)> = l
+            .acked
+            .values()
+            .filter(|a| a.seq > 0)
+            .filter_map(|a| l.sent_at(a.seq).map(|s| (s + a.lease, a.seq)))
+            .collect();
+        if let Some(s) = l.sent_at(latest) {
+            backed.push((s + lease, latest));
+        }
+        if backed.len() < q {
             return;
         }
-        seqs.sort_unstable_by(|a, b| b.cmp(a));
-        let k = seqs[q - 1];
-        if k == 0 || k <= l.lease_seq {
+        backed.sort_unstable_by(|a, b| b.cmp(a));
+        let (until, seq) = backed[q - 1];
+        if seq == 0 || l.lease_until.is_some_and(|u| until <= u) {
             return;
         }
-        if let Some(sent) = l.sent_at(k) {
-            l.lease_until = Some(l.lease_until.map_or(sent + lease, |u| u.max(sent + lease)));
-            l.lease_seq = k;
-        }
+        l.lease_until = Some(until);
+        l.lease_seq = l.lease_seq.max(seq);
     }
 
     pub(super) fn poll_leader(&mut self, now: Instant) {
@@ -352,7 +386,7 @@ impl Node {
             && self.cfg.priority_of(id).is_some_and(|p| p > 0)
             && l.acked
                 .get(&id)
-                .is_some_and(|(_, at)| now.saturating_since(*at) <= recent)
+                .is_some_and(|a| now.saturating_since(a.at) <= recent)
             && self
                 .peers
                 .get(&id)
@@ -411,7 +445,7 @@ impl Node {
         let pending_alive = l.preempt.is_some_and(|(id, _)| {
             l.acked
                 .get(&id)
-                .is_some_and(|(_, at)| now.saturating_since(*at) <= lease)
+                .is_some_and(|a| now.saturating_since(a.at) <= lease)
         });
         let h = self.cfg.timing.heartbeat;
         match (better, l.preempt) {

@@ -295,7 +295,12 @@ impl Node {
         seed: u64,
         now: Instant,
     ) -> Node {
-        let silent_until = now + cfg.timing.election_max;
+        let silence = if cfg.rules.acker_promises {
+            cfg.timing.election_max.max(cfg.silence_floor)
+        } else {
+            cfg.timing.election_max
+        };
+        let silent_until = now + silence;
         let mut node = Node {
             rng: Rng::new(seed ^ u64::from(cfg.id).rotate_left(32)),
             term: persisted.term,

@@ -68,6 +68,7 @@ impl Node {
             flags: self.my_flags(now),
             priority: self.cfg.my_priority(),
             members_hash: self.cfg.members_hash(),
+            promise: (self.cfg.protocol >= 2).then(|| self.cfg.timing.election_min_real()),
         };
         self.send(to, Body::Ack(ack));
     }

@@ -83,6 +83,10 @@ pub struct NodeSpec {
     pub members: Vec<NodeId>,
     /// When it first starts; `None` = only when a script starts it.
     pub start_at: Option<Duration>,
+    /// Its own timing (a rolling change); `None`: the cluster's.
+    pub timing: Option<Timing>,
+    /// The newest protocol it speaks (1: the previous release).
+    pub protocol: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +121,8 @@ impl SimConfig {
                     priority: 100,
                     members: ids.clone(),
                     start_at: Some(Duration::ZERO),
+                    timing: None,
+                    protocol: crate::wire::VERSION_MAX,
                 })
                 .collect(),
             timing,
@@ -178,6 +184,11 @@ pub enum Script {
     /// Crash the node, add this much to the term in its state file, and start it again
     /// after the downtime: a restart with a term the cluster never reached.
     RestartWithTerm(Target, Duration, Term),
+    /// Reload the node with this timing (SIGHUP).
+    Retime(NodeId, Timing),
+    /// The timing and protocol the node runs from its next start (a new config or a new
+    /// binary, in place before a restart).
+    Respec(NodeId, Option<Timing>, u8),
 }
 
 #[derive(Clone, Debug)]
@@ -265,6 +276,9 @@ struct SimNode {
     link_up: bool,
     /// Claims and refreshes fail (the kernel refuses the VIP).
     vip_fault: bool,
+    /// The longest promise (E_min, its own clock) it may have given: kept across
+    /// restarts, as the daemon keeps it in its state file.
+    promise_floor: Duration,
 }
 
 impl SimNode {
@@ -368,6 +382,7 @@ impl Sim {
                     healthy: true,
                     link_up: true,
                     vip_fault: false,
+                    promise_floor: Duration::ZERO,
                 },
             );
         }
@@ -967,6 +982,33 @@ impl Sim {
                     );
                 }
             }
+            Script::Retime(id, timing) => {
+                let Some(n) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                n.spec.timing = Some(timing);
+                let members: Vec<NodeId> = n.cfg.members.iter().map(|m| m.id).collect();
+                let cfg = node_config(&self.cfg, &n.spec, &members);
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    if n.alive() {
+                        n.promise_floor = n.promise_floor.max(cfg.timing.election_min);
+                    }
+                    n.cfg = cfg.clone();
+                }
+                self.deliver(id, Event::Reconfigure(cfg));
+            }
+            Script::Respec(id, timing, protocol) => {
+                let Some(n) = self.nodes.get_mut(&id) else {
+                    return;
+                };
+                n.spec.timing = timing;
+                n.spec.protocol = protocol;
+                let members: Vec<NodeId> = n.cfg.members.iter().map(|m| m.id).collect();
+                let cfg = node_config(&self.cfg, &n.spec, &members);
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.cfg = cfg;
+                }
+            }
             Script::MarkHeal => {
                 self.heal_mark = Some(self.now);
                 self.report.heal_to_holder = None;
@@ -1001,7 +1043,10 @@ impl Sim {
             Persisted::default()
         };
         let local = n.local(self.now);
-        let mut node = Node::new(n.cfg.clone(), persisted, n.healthy, seed, local);
+        let mut cfg = n.cfg.clone();
+        cfg.silence_floor = n.promise_floor;
+        n.promise_floor = n.promise_floor.max(cfg.timing.election_min);
+        let mut node = Node::new(cfg, persisted, n.healthy, seed, local);
         let mut actions = node.start(local);
         if !n.link_up {
             actions.extend(node.handle(local, Event::Link(false)));
@@ -1069,11 +1114,13 @@ fn node_config(sim: &SimConfig, spec: &NodeSpec, members: &[NodeId]) -> NodeConf
                 priority: prio(id),
             })
             .collect(),
-        timing: sim.timing.clone(),
+        timing: spec.timing.clone().unwrap_or_else(|| sim.timing.clone()),
         quorum: sim.quorum,
         preempt: sim.preempt,
         preempt_delay: sim.preempt_delay,
         rules: sim.rules,
+        protocol: spec.protocol,
+        silence_floor: Duration::ZERO,
     }
 }
 

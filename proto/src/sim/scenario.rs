@@ -68,6 +68,14 @@ pub enum Family {
     VipFailure,
     /// A follower restarts with a stored term the cluster never reached: no VIP gap.
     StaleTerm,
+    /// Every node moves from the profile's timing to another profile's, one at a time
+    /// (a reload or a restart each), while leaders are cut off from their peers.
+    RollingTiming,
+    /// Every node moves from protocol 1 to 2 one at a time (SIGTERM, a new binary, a
+    /// start) with faults in between; then a rolling timing change.
+    RollingUpgrade,
+    /// Protocol 2 back to 1, one node at a time, the timing unchanged.
+    RollingDowngrade,
 }
 
 impl Family {
@@ -80,7 +88,7 @@ impl Family {
         Family::ForgetfulVoter,
     ];
 
-    pub const BROAD: [Family; 8] = [
+    pub const BROAD: [Family; 11] = [
         Family::Faults,
         Family::Freeze,
         Family::Handover,
@@ -89,9 +97,12 @@ impl Family {
         Family::TwoNode,
         Family::VipFailure,
         Family::StaleTerm,
+        Family::RollingTiming,
+        Family::RollingUpgrade,
+        Family::RollingDowngrade,
     ];
 
-    pub const ALL: [Family; 14] = [
+    pub const ALL: [Family; 17] = [
         Family::Faults,
         Family::Freeze,
         Family::Handover,
@@ -106,6 +117,9 @@ impl Family {
         Family::ForgetfulVoter,
         Family::VipFailure,
         Family::StaleTerm,
+        Family::RollingTiming,
+        Family::RollingUpgrade,
+        Family::RollingDowngrade,
     ];
 
     pub fn from_name(name: &str) -> Option<Family> {
@@ -128,6 +142,9 @@ impl Family {
             Family::ForgetfulVoter => "forgetful-voter",
             Family::VipFailure => "vip-failure",
             Family::StaleTerm => "stale-term",
+            Family::RollingTiming => "rolling-timing",
+            Family::RollingUpgrade => "rolling-upgrade",
+            Family::RollingDowngrade => "rolling-downgrade",
         }
     }
 }
@@ -161,6 +178,9 @@ impl Scenario {
             Family::ForgetfulVoter => forgetful_voter(&mut rng, timing),
             Family::VipFailure => vip_failure(&mut rng, timing),
             Family::StaleTerm => stale_term(&mut rng, timing),
+            Family::RollingTiming => rolling_timing(&mut rng, profile, seed),
+            Family::RollingUpgrade => rolling_upgrade(&mut rng, profile, seed),
+            Family::RollingDowngrade => rolling_downgrade(&mut rng, timing),
         };
         sc.family = family;
         sc.seed = seed;
@@ -816,6 +836,150 @@ fn stale_term(rng: &mut Rng, timing: Timing) -> Scenario {
         t += between(rng, 3.0, 6.0).as_secs_f64();
     }
     sc.no_gap = true;
+    sc
+}
+
+/// The profile a rolling change from `from` goes to: the next one for even seeds, the
+/// one before for odd seeds, so every ordered pair of profiles gets half the seeds.
+pub fn rolling_target(from: Profile, seed: u64) -> Profile {
+    let all = Profile::ALL;
+    let i = all.iter().position(|p| *p == from).unwrap_or(0);
+    let step = if seed.is_multiple_of(2) {
+        1
+    } else {
+        all.len() - 1
+    };
+    all[(i + step) % all.len()]
+}
+
+/// The heal bound of a cluster whose nodes may run either of two timings.
+fn mixed_heal_bound(a: &Timing, b: &Timing) -> Duration {
+    heal_bound(if a.election_max >= b.election_max {
+        a
+    } else {
+        b
+    })
+}
+
+/// SIGTERM (a handover), exit, the new config or binary in place, and a start after
+/// `down`: one node's step of a rolling change.
+fn restart_as(
+    sc: &mut Scenario,
+    t: Duration,
+    id: NodeId,
+    down: Duration,
+    timing: Option<Timing>,
+    protocol: u8,
+) {
+    sc.at(t, Script::Admin(Target::Node(id), Admin::Shutdown));
+    let exit = t + Duration::from_millis(50);
+    sc.at(exit, Script::Crash(Target::Node(id)));
+    sc.at(exit, Script::Respec(id, timing, protocol));
+    sc.at(exit + down, Script::Start(Target::Node(id)));
+}
+
+/// Faults between the steps of a rolling change: the holder cut from its peers (not
+/// from clients: the case where a lease outliving a faster follower's promise shows),
+/// a follower crashing and restarting, or nothing.
+fn rolling_fault(sc: &mut Scenario, rng: &mut Rng, t: Duration) {
+    match rng.below(4) {
+        0 | 1 => {
+            sc.at(t, Script::Isolate(Target::Holder));
+            sc.at(t + between(rng, 0.5, 3.0), Script::Heal);
+        }
+        2 => sc.at(
+            t,
+            Script::Restart(Target::Follower(0), between(rng, 0.001, 1.0)),
+        ),
+        _ => {}
+    }
+}
+
+/// Each node in a random order moves from `from`'s timing to another profile's, by a
+/// reload or a restart, with leaders cut from their peers in between.
+fn rolling_timing(rng: &mut Rng, from: Profile, seed: u64) -> Scenario {
+    let to = rolling_target(from, seed);
+    let (a, b) = (from.timing(), to.timing());
+    let mut cfg = mixed_cluster(rng, &a, [100, 100, 150, 50]);
+    let n = cfg.nodes.len() as u32;
+    for spec in &mut cfg.nodes {
+        spec.timing = Some(a.clone());
+    }
+    let mut sc = Scenario::new(cfg, s(60.0));
+    sc.at(s(0.0), Script::SetNet(lan_or_lossy(rng)));
+    let mut order: Vec<NodeId> = (1..=n).collect();
+    rng.shuffle(&mut order);
+    let mut t = between(rng, 4.0, 6.0);
+    for id in order {
+        rolling_fault(&mut sc, rng, t);
+        t += between(rng, 1.0, 4.0);
+        if rng.chance(0.5) {
+            sc.at(t, Script::Retime(id, b.clone()));
+        } else {
+            restart_as(&mut sc, t, id, between(rng, 0.01, 1.0), Some(b.clone()), 2);
+        }
+        t += between(rng, 1.0, 4.0);
+    }
+    // The probe's case once more, with every node on the new timing.
+    rolling_fault(&mut sc, rng, t);
+    let ids: Vec<NodeId> = (1..=n).collect();
+    sc.heal_all(t + s(5.0), &ids);
+    sc.heal_bound = Some(mixed_heal_bound(&a, &b));
+    sc
+}
+
+/// Protocol 1 everywhere, then each node restarted on protocol 2 with faults between;
+/// once all speak 2, a rolling timing change (what the upgrade makes safe).
+fn rolling_upgrade(rng: &mut Rng, from: Profile, seed: u64) -> Scenario {
+    let to = rolling_target(from, seed);
+    let (a, b) = (from.timing(), to.timing());
+    let mut cfg = mixed_cluster(rng, &a, [100, 100, 150, 50]);
+    let n = cfg.nodes.len() as u32;
+    for spec in &mut cfg.nodes {
+        spec.protocol = 1;
+    }
+    let mut sc = Scenario::new(cfg, s(80.0));
+    sc.at(s(0.0), Script::SetNet(lan_or_lossy(rng)));
+    let mut order: Vec<NodeId> = (1..=n).collect();
+    rng.shuffle(&mut order);
+    let mut t = between(rng, 4.0, 6.0);
+    for &id in &order {
+        rolling_fault(&mut sc, rng, t);
+        t += between(rng, 1.0, 4.0);
+        restart_as(&mut sc, t, id, between(rng, 0.01, 2.0), None, 2);
+        t += between(rng, 2.0, 4.0);
+    }
+    rng.shuffle(&mut order);
+    for &id in &order {
+        rolling_fault(&mut sc, rng, t);
+        t += between(rng, 1.0, 3.0);
+        sc.at(t, Script::Retime(id, b.clone()));
+        t += between(rng, 1.0, 3.0);
+    }
+    let ids: Vec<NodeId> = (1..=n).collect();
+    sc.heal_all(t + s(5.0), &ids);
+    sc.heal_bound = Some(mixed_heal_bound(&a, &b));
+    sc
+}
+
+/// Protocol 2 back to 1, one node at a time, with faults between; the timing is the
+/// same everywhere (a downgrade with mixed timings is refused by the procedure).
+fn rolling_downgrade(rng: &mut Rng, timing: Timing) -> Scenario {
+    let cfg = mixed_cluster(rng, &timing, [100, 100, 150, 50]);
+    let n = cfg.nodes.len() as u32;
+    let mut sc = Scenario::new(cfg, s(50.0));
+    sc.at(s(0.0), Script::SetNet(lan_or_lossy(rng)));
+    let mut order: Vec<NodeId> = (1..=n).collect();
+    rng.shuffle(&mut order);
+    let mut t = between(rng, 4.0, 6.0);
+    for id in order {
+        rolling_fault(&mut sc, rng, t);
+        t += between(rng, 1.0, 4.0);
+        restart_as(&mut sc, t, id, between(rng, 0.01, 2.0), None, 1);
+        t += between(rng, 2.0, 4.0);
+    }
+    let ids: Vec<NodeId> = (1..=n).collect();
+    sc.heal_all(t + s(5.0), &ids);
     sc
 }
 

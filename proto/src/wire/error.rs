@@ -28,11 +28,13 @@ pub enum DecodeError {
         /// The first two bytes.
         got: [u8; 2],
     },
-    /// An apivip datagram of a protocol version this build does not speak.
-    #[error("unsupported protocol version {got}, this node speaks {ours}", ours = super::VERSION)]
+    /// An apivip datagram of a protocol version this node does not speak.
+    #[error("unsupported protocol version {got}, this node speaks {min} to {max}", min = super::VERSION_MIN)]
     UnsupportedVersion {
         /// The version byte.
         got: u8,
+        /// The newest version this node speaks.
+        max: u8,
     },
     /// A message type code this version does not define.
     #[error("unknown message type {code}")]

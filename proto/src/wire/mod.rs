@@ -52,7 +52,7 @@ use hmac::Mac;
 
 use crate::message::{Message, MessageKind, NodeId};
 
-pub use body::body_len;
+pub use body::{ALL_SPEAK_2, SPEAKS_2, body_len};
 pub use cluster::ClusterId;
 pub use error::DecodeError;
 pub use keys::{Key, KeyError, Keyring, MAX_KEYS, MIN_KEY_LEN};
@@ -63,8 +63,14 @@ use replay::{Verdict, Window};
 
 /// The first two bytes of every datagram: "AV".
 pub const MAGIC: [u8; 2] = *b"AV";
-/// The protocol version this build speaks (and the only one it accepts).
-pub const VERSION: u8 = 1;
+/// The oldest protocol version this build speaks (the previous release's).
+pub const VERSION_MIN: u8 = 1;
+/// The newest protocol version this build speaks.
+pub const VERSION_MAX: u8 = 2;
+/// The version a node speaks to a peer it has not heard yet: the oldest, so a rolling
+/// upgrade never sends an old node something it must reject; the first datagram of an
+/// upgraded peer carries [`body::SPEAKS_2`] and lifts it.
+pub const VERSION_UNHEARD: u8 = VERSION_MIN;
 /// Header length: magic, version, type, cluster, from, to, epoch, counter, term, body
 /// length.
 pub const HEADER_LEN: usize = 46;
@@ -90,6 +96,13 @@ pub struct Codec {
     next_counter: u64,
     keys: Keyring,
     windows: BTreeMap<NodeId, Window>,
+    /// The newest version this codec speaks and accepts (protocol 1 behaves as the
+    /// previous release: for rolling upgrades and their tests).
+    max_version: u8,
+    /// The newest version each peer said it speaks, in its latest datagram.
+    peer_versions: BTreeMap<NodeId, u8>,
+    /// Set [`ALL_SPEAK_2`] on heartbeats (the caller knows the member list).
+    all_speak_2: bool,
 }
 
 /// An authenticated, fresh message and the header fields around it.
@@ -103,12 +116,19 @@ pub struct Received {
     pub epoch: u64,
     /// The sender's message counter within `epoch`.
     pub counter: u64,
+    /// The datagram's protocol version.
+    pub version: u8,
+    /// A heartbeat whose sender has heard every member of its list speak 2.
+    pub all_speak_2: bool,
+    /// The newest version the sender speaks (the datagram's, or 2 from its flags).
+    pub speaks: u8,
     /// The message.
     pub msg: Message,
 }
 
 /// The header fields a receiver needs after the header checks passed.
 struct Header {
+    version: u8,
     kind: MessageKind,
     from: NodeId,
     to: NodeId,
@@ -133,7 +153,44 @@ impl Codec {
             next_counter: 1,
             keys,
             windows: BTreeMap::new(),
+            max_version: VERSION_MAX,
+            peer_versions: BTreeMap::new(),
+            all_speak_2: false,
         }
+    }
+
+    /// Whether heartbeats say that every member speaks 2 (see [`ALL_SPEAK_2`]).
+    pub fn set_all_speak_2(&mut self, all: bool) {
+        self.all_speak_2 = all && self.max_version >= 2;
+    }
+
+    /// Speaks and accepts versions up to `v` only (clamped to what this build knows).
+    pub fn set_max_version(&mut self, v: u8) {
+        self.max_version = v.clamp(VERSION_MIN, VERSION_MAX);
+    }
+
+    /// The newest version this codec speaks and accepts.
+    pub fn max_version(&self) -> u8 {
+        self.max_version
+    }
+
+    /// The version this codec sends to `to`: the newest both sides speak, as far as the
+    /// peer's latest datagram said ([`VERSION_UNHEARD`] until then; `to` 0: our own).
+    pub fn version_for(&self, to: NodeId) -> u8 {
+        if to == 0 {
+            return self.max_version;
+        }
+        let peer = self
+            .peer_versions
+            .get(&to)
+            .copied()
+            .unwrap_or(VERSION_UNHEARD);
+        peer.min(self.max_version)
+    }
+
+    /// The newest version each peer heard from says it speaks.
+    pub fn peer_versions(&self) -> &BTreeMap<NodeId, u8> {
+        &self.peer_versions
     }
 
     /// Replaces the key ring (config reload). Replay windows are kept: a new key must not
@@ -174,7 +231,7 @@ impl Codec {
 
     /// Encodes `msg` for node `to` (0: any member) into a new buffer.
     pub fn encode(&mut self, to: NodeId, msg: &Message) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MIN_DATAGRAM + body_len(msg.body.kind()));
+        let mut out = Vec::with_capacity(MIN_DATAGRAM + body_len(msg.body.kind(), VERSION_MAX));
         self.encode_into(to, msg, &mut out);
         out
     }
@@ -190,6 +247,12 @@ impl Codec {
     pub fn encode_into(&mut self, to: NodeId, msg: &Message, out: &mut Vec<u8>) {
         debug_assert!(well_formed(msg), "encoding an invalid message: {msg:?}");
         let kind = msg.body.kind();
+        let version = self.version_for(to);
+        let extra = if self.max_version >= 2 {
+            body::SPEAKS_2
+        } else {
+            0
+        };
         let counter = self.next_counter;
         // 2^64 datagrams never happen; saturating keeps encode total without wrapping
         // to counters peers have already seen.
@@ -197,7 +260,7 @@ impl Codec {
 
         out.clear();
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[VERSION, kind as u8]);
+        out.extend_from_slice(&[version, kind as u8]);
         out.extend_from_slice(&self.cluster.0.to_be_bytes());
         out.extend_from_slice(&self.me.to_be_bytes());
         out.extend_from_slice(&to.to_be_bytes());
@@ -205,9 +268,14 @@ impl Codec {
         out.extend_from_slice(&counter.to_be_bytes());
         out.extend_from_slice(&msg.term.to_be_bytes());
         // Every body is at most 22 bytes, so the length always fits.
-        let len = u16::try_from(body_len(kind)).unwrap_or(u16::MAX);
+        let len = u16::try_from(body_len(kind, version)).unwrap_or(u16::MAX);
         out.extend_from_slice(&len.to_be_bytes());
-        body::encode(&msg.body, out);
+        let all = if self.all_speak_2 {
+            body::ALL_SPEAK_2
+        } else {
+            0
+        };
+        body::encode(&msg.body, version, extra, all, out);
 
         let mut mac = self.keys.signing().mac();
         mac.update(out);
@@ -228,14 +296,28 @@ impl Codec {
                     need: signed_len + MAC_LEN,
                 })?;
         self.verify_mac(signed, tag)?;
-        let body = body::decode(header.kind, signed.get(HEADER_LEN..).unwrap_or_default())?;
+        let (body, wire) = body::decode(
+            header.kind,
+            header.version,
+            signed.get(HEADER_LEN..).unwrap_or_default(),
+        )?;
         check_range(&header)?;
         self.check_fresh(header.from, header.epoch, header.counter)?;
+        let speaks = if wire.speaks_2 {
+            header.version.max(2)
+        } else {
+            header.version
+        };
+        // Only authentic, fresh datagrams move what we speak to the sender.
+        self.peer_versions.insert(header.from, speaks);
         Ok(Received {
             from: header.from,
             to: header.to,
             epoch: header.epoch,
             counter: header.counter,
+            version: header.version,
+            all_speak_2: wire.all_speak_2,
+            speaks,
             msg: Message {
                 term: header.term,
                 body,
@@ -261,8 +343,11 @@ impl Codec {
             return Err(DecodeError::BadMagic { got: magic });
         }
         let version = r.u8();
-        if version != VERSION {
-            return Err(DecodeError::UnsupportedVersion { got: version });
+        if !(VERSION_MIN..=self.max_version).contains(&version) {
+            return Err(DecodeError::UnsupportedVersion {
+                got: version,
+                max: self.max_version,
+            });
         }
         let code = r.u8();
         let kind = MessageKind::from_u8(code).ok_or(DecodeError::UnknownKind { code })?;
@@ -299,6 +384,7 @@ impl Codec {
             });
         }
         Ok(Header {
+            version,
             kind,
             from,
             to,
