@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-failover
+.PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-forwarder-edges bench-failover bench-mutants
 
 demo: deps-demo
 	$(CARGO) build --bin apivip
@@ -31,5 +31,12 @@ sim-report:
 bench-forwarder:
 	bench/forwarder
 
+bench-forwarder-edges:
+	bench/forwarder-edges
+
 bench-failover:
 	bench/failover
+
+# Not in `make test`: hours for every mutant on 2 cores (docs/design.md, "Mutation testing").
+bench-mutants:
+	bench/mutants

@@ -5,6 +5,7 @@
 mod common;
 mod support;
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -381,8 +382,14 @@ fn soft_nofile_1024_with_700_idle_forwarder_clients() {
         .topo
         .client(0)
         .run(move || {
+            // Each sends the first bytes of a TLS ClientHello and stops: the forwarder
+            // dials a backend for it, so every client costs it two sockets.
             (0..700)
-                .filter_map(|_| TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok())
+                .filter_map(|_| {
+                    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok()?;
+                    s.write_all(&[0x16, 0x03, 0x01]).ok()?;
+                    Some(s)
+                })
                 .collect()
         })
         .unwrap();
@@ -418,6 +425,13 @@ fn soft_nofile_1024_with_700_idle_forwarder_clients() {
         })
         .expect("the drill moved the VIP");
     }
+    // The local limit is nobody's fault: no backend was ejected or marked down for it.
+    let st = tb.status(0).unwrap();
+    for b in st["backends"].as_array().unwrap() {
+        assert_eq!(b["health"], "healthy", "{b}");
+        assert_eq!(b["failures"], 0, "{b}");
+    }
+    println!("forwarder at nofile 1024: {}", st["forwarder"]);
     drop(conns);
     let st = tb.status(0).unwrap();
     assert!(st["faults"]["state_error"].is_null(), "{st}");

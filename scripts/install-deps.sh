@@ -14,7 +14,7 @@ case "$want" in
     pkg+=([keepalived]=keepalived [haproxy]=haproxy [nginx]=nginx [kubectl]=kubernetes-client
           [openssl]=openssl [buildah]=buildah [systemd-analyze]=systemd)
     ;;&
-  bench) pkg+=([wrk]=wrk) ;;
+  bench) pkg+=([wrk]=wrk [python3]=python3) ;;
   test) ;;
   *) echo "install-deps: unknown set '$want' (want demo, test or bench)" >&2; exit 2 ;;
 esac

@@ -280,9 +280,28 @@ pub struct ForwardConfig {
     /// A connection with no byte either way for this long is closed.
     #[serde(default = "default_idle_timeout", with = "crate::duration")]
     pub idle_timeout: Duration,
+    /// A new client that sends nothing for this long is closed; the backend is dialled
+    /// only once the client has spoken. 0: dial at once, never time out.
+    #[serde(default = "default_first_byte_timeout", with = "crate::duration")]
+    pub first_byte_timeout: Duration,
+    /// Once one side has closed its half, the inactivity limit for the other.
+    #[serde(default = "default_fin_timeout", with = "crate::duration")]
+    pub fin_timeout: Duration,
     /// Connections beyond this wait in the listen backlog until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Open connections one source address (IPv6: one /64) may hold; 0: no cap.
+    /// Loopback sources are exempt.
+    #[serde(default = "default_max_per_source")]
+    pub max_per_source: u32,
+    /// TCP keepalive on both sides: silence before the first probe (probes every 5 s,
+    /// 3 of them, and TCP_USER_TIMEOUT to match). 0: the kernel's default (off).
+    #[serde(default = "default_keepalive", with = "crate::duration")]
+    pub keepalive: Duration,
+    /// Close the sessions of a backend the active check marks down, so their clients
+    /// reconnect to a live one (haproxy's `on-marked-down shutdown-sessions`).
+    #[serde(default = "yes")]
+    pub shutdown_sessions_on_down: bool,
     /// On SIGTERM, how long open connections may take to finish.
     #[serde(default = "default_drain_timeout", with = "crate::duration")]
     pub drain_timeout: Duration,
@@ -400,6 +419,18 @@ fn default_idle_timeout() -> Duration {
 fn default_max_connections() -> u32 {
     20_000
 }
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_fin_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_per_source() -> u32 {
+    1024
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -437,7 +468,12 @@ impl Default for ForwardConfig {
             prefer_local: false,
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
+            first_byte_timeout: default_first_byte_timeout(),
+            fin_timeout: default_fin_timeout(),
             max_connections: default_max_connections(),
+            max_per_source: default_max_per_source(),
+            keepalive: default_keepalive(),
+            shutdown_sessions_on_down: true,
             drain_timeout: default_drain_timeout(),
             eject_backoff: default_eject_backoff(),
             eject_backoff_max: default_eject_backoff_max(),
@@ -1176,6 +1212,40 @@ impl Loaded {
                 "forward.idle_timeout",
                 d(f.idle_timeout),
                 "must be at least 1s (watches stay open for minutes)",
+            ));
+        }
+        if f.first_byte_timeout > f.idle_timeout {
+            errs.push(self.err(
+                "forward.first_byte_timeout",
+                d(f.first_byte_timeout),
+                format!("must be at most idle_timeout ({})", d(f.idle_timeout)),
+            ));
+        }
+        if f.fin_timeout < Duration::from_secs(1) || f.fin_timeout > f.idle_timeout {
+            errs.push(self.err(
+                "forward.fin_timeout",
+                d(f.fin_timeout),
+                format!(
+                    "must be at least 1s and at most idle_timeout ({})",
+                    d(f.idle_timeout)
+                ),
+            ));
+        }
+        if f.max_per_source > 1_000_000 {
+            errs.push(self.err(
+                "forward.max_per_source",
+                f.max_per_source,
+                "must be 0 (no cap) to 1000000",
+            ));
+        }
+        // TCP_KEEPIDLE takes whole seconds up to 32767.
+        if !f.keepalive.is_zero()
+            && (f.keepalive < Duration::from_secs(1) || f.keepalive > Duration::from_secs(32_767))
+        {
+            errs.push(self.err(
+                "forward.keepalive",
+                d(f.keepalive),
+                "must be 0 (off) or 1s to 32767s",
             ));
         }
         if f.max_connections == 0 || f.max_connections > 1_000_000 {

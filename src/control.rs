@@ -72,6 +72,9 @@ pub struct StatusReport {
     pub last_failover_ms: Option<f64>,
     #[serde(default)]
     pub backends: Vec<serde_json::Value>,
+    /// The forwarder's totals, with the connection cap in force.
+    #[serde(default)]
+    pub forwarder: Option<crate::forward::ForwardTotals>,
     /// Local faults and what the daemon is doing about them.
     #[serde(default)]
     pub faults: FaultReport,
@@ -403,6 +406,22 @@ pub fn render_status(s: &StatusReport) -> String {
             o,
             "\nWARNING: {} message(s) ignored for a term far beyond this node's (a peer's state file corrupt?)",
             f.terms_refused
+        );
+    }
+    if let Some(t) = &s.forwarder {
+        let _ = writeln!(
+            o,
+            "\nforwarder: {} open of at most {} (accepted {}); closed: idle {}, silent {}, over max_per_source {}, backend down {}, VIP released {}, no backend {}, local errors {}",
+            t.open,
+            t.max_connections,
+            t.accepted,
+            t.idle_closed,
+            t.silent_closed,
+            t.source_capped,
+            t.backend_down_closed,
+            t.vip_released_closed,
+            t.refused,
+            t.local_errors
         );
     }
     if !s.backends.is_empty() {

@@ -13,12 +13,6 @@ use std::io;
 /// (one per backend per check), up to 32 metrics scrapes and 16 control clients.
 pub const RESERVE: u64 = 256;
 
-/// Descriptors one forwarded connection may hold at worst: two sockets, and with
-/// splice a pipe (two descriptors) per direction.
-pub fn per_connection(splice: bool) -> u64 {
-    if splice { 6 } else { 2 }
-}
-
 /// Raises the soft RLIMIT_NOFILE to the hard limit (a systemd unit's default soft limit
 /// is 1024 with a hard limit of 512K). Returns the soft limit in force afterwards.
 pub fn raise_nofile() -> io::Result<u64> {
@@ -56,11 +50,32 @@ pub fn nofile() -> u64 {
     lim.rlim_cur
 }
 
-/// How many forwarded connections fit under `limit` descriptors with [`RESERVE`] kept
-/// back; at least 1.
-pub fn connection_budget(limit: u64, splice: bool) -> u32 {
-    let n = limit.saturating_sub(RESERVE) / per_connection(splice);
-    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+/// Kernel pipes for splice(2) never take more than this many (each is 2 descriptors and
+/// up to `forward.pipe_size` of kernel memory while full).
+pub const PIPES_MAX: u64 = 1024;
+
+/// How the forwarder may spend the descriptors above [`RESERVE`]: two per connection
+/// (client and backend sockets), and, with splice, two per pipe. Pipes get a quarter and
+/// are optional: when they are spent a connection copies instead, so a long-lived watch
+/// that once moved bulk data cannot starve new connections of descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub connections: u32,
+    pub pipes: u64,
+}
+
+pub fn budget(limit: u64, splice: bool) -> Budget {
+    let avail = limit.saturating_sub(RESERVE);
+    let pipes = if splice {
+        (avail / 8).min(PIPES_MAX)
+    } else {
+        0
+    };
+    let n = avail.saturating_sub(pipes * 2) / 2;
+    Budget {
+        connections: u32::try_from(n).unwrap_or(u32::MAX).max(1),
+        pipes,
+    }
 }
 
 #[cfg(test)]
@@ -69,10 +84,26 @@ mod tests {
 
     #[test]
     fn budget_keeps_the_reserve() {
-        assert_eq!(connection_budget(1024, true), (1024 - RESERVE as u32) / 6);
-        assert_eq!(connection_budget(1024, false), (1024 - RESERVE as u32) / 2);
-        assert_eq!(connection_budget(100, true), 1);
-        assert_eq!(connection_budget(u64::MAX, true), u32::MAX);
+        // 1024: 768 above the reserve; a quarter of it (96 pipes) for splice.
+        let b = budget(1024, true);
+        assert_eq!(
+            b,
+            Budget {
+                connections: 288,
+                pipes: 96
+            }
+        );
+        assert_eq!(2 * u64::from(b.connections) + 2 * b.pipes + RESERVE, 1024);
+        assert_eq!(
+            budget(1024, false),
+            Budget {
+                connections: 384,
+                pipes: 0
+            }
+        );
+        assert_eq!(budget(100, true).connections, 1);
+        assert_eq!(budget(20_000, true).pipes, PIPES_MAX);
+        assert_eq!(budget(u64::MAX, true).connections, u32::MAX);
     }
 
     #[test]

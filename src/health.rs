@@ -116,6 +116,9 @@ struct Shared {
 /// A running prober; dropping it stops the checks.
 pub struct Prober {
     rx: watch::Receiver<HealthState>,
+    /// Changes only when the verdict flips (the state channel also changes with every
+    /// streak step), so a forwarded connection waiting for "down" wakes once, not per check.
+    verdict_rx: watch::Receiver<bool>,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -141,10 +144,27 @@ impl Prober {
             last_error: None,
         };
         let (tx, rx) = watch::channel(initial);
+        let (verdict_tx, verdict_rx) = watch::channel(spec.start_healthy);
         let shared = Arc::new(Shared::default());
         shared.healthy.store(spec.start_healthy, Ordering::Relaxed);
-        let task = tokio::spawn(run(check, spec, tx, shared.clone(), seed(target)));
-        Ok(Prober { rx, shared, task })
+        let task = tokio::spawn(run(
+            check,
+            spec,
+            (tx, verdict_tx),
+            shared.clone(),
+            seed(target),
+        ));
+        Ok(Prober {
+            rx,
+            verdict_rx,
+            shared,
+            task,
+        })
+    }
+
+    /// A receiver that changes only when the verdict flips (true = healthy).
+    pub fn verdicts(&self) -> watch::Receiver<bool> {
+        self.verdict_rx.clone()
     }
 
     /// A receiver that sees every state change.
@@ -425,7 +445,7 @@ enum Probe {
 async fn run(
     check: Check,
     spec: HealthSpec,
-    tx: watch::Sender<HealthState>,
+    (tx, verdict_tx): (watch::Sender<HealthState>, watch::Sender<bool>),
     shared: Arc<Shared>,
     mut rng: u64,
 ) {
@@ -463,6 +483,7 @@ async fn run(
         if changed {
             shared.transitions.fetch_add(1, Ordering::Relaxed);
             shared.healthy.store(verdict.healthy(), Ordering::Relaxed);
+            verdict_tx.send_replace(verdict.healthy());
             match &result {
                 Ok(()) => {
                     tracing::info!(target: "apivip::health", check = %describe(&check), "healthy")

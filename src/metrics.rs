@@ -87,6 +87,7 @@ pub struct BackendSample {
 #[derive(Debug, Default)]
 struct Dynamic {
     backends: Mutex<Vec<BackendSample>>,
+    forward: Mutex<Option<crate::forward::ForwardTotals>>,
     /// Node id -> when a valid datagram from it last arrived (None: never).
     peers: Mutex<BTreeMap<u32, Option<Instant>>>,
 }
@@ -344,6 +345,11 @@ impl Metrics {
         *lock(&self.dynamic.backends) = samples.to_vec();
     }
 
+    /// Replaces the forwarder-wide totals with a fresh snapshot.
+    pub fn update_forward(&self, totals: crate::forward::ForwardTotals) {
+        *lock(&self.dynamic.forward) = Some(totals);
+    }
+
     /// The OpenMetrics text of every metric, as `/metrics` serves it.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(4096);
@@ -381,6 +387,42 @@ impl Collector for Dynamic {
         for (peer, age) in &peers {
             let labels = [("peer", peer.as_str())];
             ConstGauge::new(*age).encode(m.encode_family(&labels)?)?;
+        }
+
+        if let Some(t) = *lock(&self.forward) {
+            for (name, help, v) in [
+                (
+                    "forward_max_connections",
+                    "The connection cap in force: forward.max_connections, or lower when RLIMIT_NOFILE allows fewer",
+                    t.max_connections,
+                ),
+                (
+                    "forward_open_connections",
+                    "Connections open through the forwarder",
+                    t.open,
+                ),
+            ] {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)?;
+            }
+            let mut m = encoder.encode_descriptor(
+                "forward_closed",
+                "Connections the forwarder closed or turned away, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, v) in [
+                ("idle", t.idle_closed),
+                ("silent", t.silent_closed),
+                ("source_cap", t.source_capped),
+                ("backend_down", t.backend_down_closed),
+                ("vip_released", t.vip_released_closed),
+                ("no_backend", t.refused),
+                ("local_error", t.local_errors),
+            ] {
+                let labels = [("reason", reason)];
+                ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+            }
         }
 
         let backends = lock(&self.backends).clone();
@@ -759,5 +801,28 @@ mod tests {
             text.contains("apivip_heartbeats_rejected_total{reason=\"other\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn forwarder_totals_are_exported_with_the_cap_in_force() {
+        let m = Metrics::new();
+        assert!(!m.encode().unwrap().contains("forward_max_connections"));
+        m.update_forward(crate::forward::ForwardTotals {
+            open: 7,
+            silent_closed: 3,
+            vip_released_closed: 2,
+            max_connections: 128,
+            ..Default::default()
+        });
+        let text = m.encode().unwrap();
+        for line in [
+            "apivip_forward_max_connections 128",
+            "apivip_forward_open_connections 7",
+            "apivip_forward_closed_total{reason=\"silent\"} 3",
+            "apivip_forward_closed_total{reason=\"vip_released\"} 2",
+            "apivip_forward_closed_total{reason=\"source_cap\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }

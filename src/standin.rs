@@ -1,7 +1,8 @@
 //! A stand-in Kubernetes apiserver for tests, benches and the netns demo (`apivip standin`,
 //! hidden). It speaks just enough HTTP/1.1 for curl, kubectl's `get --raw`, wrk and the
 //! health checks: `/readyz`, `/healthz`, `/livez` answer `ok`; `/version` a JSON version;
-//! `/bytes/N` N bytes (bulk download bench); anything else 404. Served over TLS with a
+//! `/bytes/N` N bytes (bulk download bench); `/watch` a chunked stream with one line
+//! (`<name> <n>`) every 100 ms for up to 10 minutes, like a watch; anything else 404. Served over TLS with a
 //! self-signed certificate made at start (SANs configurable, so the x509 SAN mistakes of
 //! field note 11 can be shown), or plain for benches. While `--unready-file` exists,
 //! `/readyz` answers 500, as an apiserver whose etcd is gone.
@@ -300,6 +301,7 @@ async fn respond<S: AsyncWrite + Unpin>(
                 ctx.name.replace(['"', '\\'], "")
             ),
         ),
+        "/watch" => return send_watch(s, &ctx.name).await,
         p if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<u64>() {
             Ok(n) => return send_bytes(s, n, conn, &ctx.name).await,
             Err(_) => ("400 Bad Request", "text/plain", "bad length\n".into()),
@@ -334,6 +336,26 @@ async fn send_bytes<S: AsyncWrite + Unpin>(
         s.write_all(&ZEROS[..k]).await?;
         left -= k as u64;
     }
+    s.flush().await
+}
+
+/// A watch-like stream: a line every 100 ms in its own chunk, so a client sees at once
+/// which backend serves it and when the stream stops.
+async fn send_watch<S: AsyncWrite + Unpin>(s: &mut S, name: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Standin: {name}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // Bounded like every loop in the tests: 10 minutes, then the stream ends.
+    for n in 0..6000u32 {
+        tick.tick().await;
+        let line = format!("{name} {n}\n");
+        s.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+            .await?;
+        s.flush().await?;
+    }
+    s.write_all(b"0\r\n\r\n").await?;
     s.flush().await
 }
 

@@ -95,9 +95,10 @@ fn proxy_only_serves_probes_and_metrics_and_notifies_systemd() {
         assert_eq!(status, 200, "{body}");
 
         // One connection through the forwarder shows up in the backend's counters.
+        // The client speaks first: the forwarder dials the backend after its first byte.
         let mut c = TcpStream::connect(("127.0.0.1", listen)).unwrap();
-        let (mut accepted, _) = backend.accept().unwrap();
         c.write_all(b"ping").unwrap();
+        let (mut accepted, _) = backend.accept().unwrap();
         let mut got = [0u8; 4];
         accepted.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ping");

@@ -441,3 +441,336 @@ fn failing_claims_back_off_then_hand_over() {
     assert!(!st.can_lead, "may lead again right after failing");
     assert!(st.benched_remaining.is_some());
 }
+
+// ---------------------------------------------------------------------------------------
+// Boundaries and predicates that mutation testing (bench/mutants) found unchecked
+
+fn three(id: u32) -> NodeConfig {
+    NodeConfig::new(id, members(&[1, 2, 3]), Profile::Default.timing())
+}
+
+/// The start-up silence ends exactly at start + E_max: a vote request at that instant is
+/// granted, one a nanosecond earlier is refused (`silent` is `now < silent_until`).
+#[test]
+fn the_silence_ends_exactly_at_e_max() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(1_000_000_000);
+    let end = t0 + t.election_max;
+    let mut early = Node::new(three(1), Persisted::default(), true, 1, t0);
+    early.start(t0);
+    early.handle(t0, Event::VipReleased);
+    let acts = early.handle(
+        end.saturating_sub(Duration::from_nanos(1)),
+        Event::Message {
+            from: 2,
+            msg: vote_request(1),
+        },
+    );
+    assert!(!grants_vote(&acts), "voted inside the silence: {acts:?}");
+    let mut at = Node::new(three(1), Persisted::default(), true, 1, t0);
+    at.start(t0);
+    at.handle(t0, Event::VipReleased);
+    let acts = at.handle(
+        end,
+        Event::Message {
+            from: 2,
+            msg: vote_request(1),
+        },
+    );
+    assert!(grants_vote(&acts), "still silent at E_max: {acts:?}");
+}
+
+/// A promise ends exactly at heartbeat + E_min: a pre-candidate that accepted a heartbeat
+/// (and so promised) adopts a newer term from a pre-vote answer at that instant, and not
+/// a nanosecond before (`promise_active` is `now < until`).
+#[test]
+fn a_promise_ends_exactly_at_e_min() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(1_000_000_000);
+    let run = |answer_at: Duration| -> u64 {
+        let mut n = Node::new(three(1), Persisted::default(), true, 1, t0);
+        n.start(t0);
+        n.handle(t0, Event::VipReleased);
+        let silent_end = t0 + t.election_max;
+        // Out of the silence and into a pre-vote round (rank 0 goes first).
+        let mut now = silent_end;
+        for _ in 0..100 {
+            if n.status(now).role == RoleName::PreCandidate {
+                break;
+            }
+            now = n.next_timer().expect("a timer").max(now);
+            n.handle(now, Event::Timer);
+        }
+        assert_eq!(n.status(now).role, RoleName::PreCandidate, "never stood");
+        // A leader of the current term is heard: the node promises until now + E_min.
+        n.handle(
+            now,
+            Event::Message {
+                from: 2,
+                msg: heartbeat(n.term(), 1),
+            },
+        );
+        assert_eq!(
+            n.status(now).role,
+            RoleName::PreCandidate,
+            "M2: stays a pre-candidate"
+        );
+        let answer = Message {
+            term: n.term() + 5,
+            body: Body::PreVote(apivip_proto::message::Ballot {
+                granted: false,
+                reason: apivip_proto::message::VoteReason::StaleTerm,
+            }),
+        };
+        n.handle(
+            now + answer_at,
+            Event::Message {
+                from: 3,
+                msg: answer,
+            },
+        );
+        n.term()
+    };
+    assert_eq!(
+        run(t.election_min - Duration::from_nanos(1)),
+        0,
+        "adopted a term while promised"
+    );
+    assert_eq!(run(t.election_min), 5, "still promised at E_min");
+}
+
+/// Rule M1 on heartbeats and acks: a node outside the member list is neither followed nor
+/// acked, and its acks build no lease (`is_member`).
+#[test]
+fn non_members_are_neither_followed_nor_counted() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 1, t0);
+    n.start(t0);
+    let later = t0 + t.election_max + Duration::from_millis(1);
+    let acts = n.handle(
+        later,
+        Event::Message {
+            from: 4,
+            msg: heartbeat(3, 1),
+        },
+    );
+    assert_eq!(n.term(), 0, "adopted a non-member's term");
+    assert_eq!(n.leader(), None, "follows a non-member");
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Send { .. })),
+        "answered a non-member: {acts:?}"
+    );
+
+    // A leader of [1, 2, 3] gets acks only from 4 and 5: no lease, no claim.
+    let mut l = Node::new(three(1), Persisted::default(), true, 1, t0);
+    let mut now = t0;
+    let mut acts = l.start(t0);
+    for _ in 0..200 {
+        let mut next = Vec::new();
+        for a in &acts {
+            match a {
+                Action::Send { to, msg } => {
+                    if let Some(reply) = willing_reply(msg) {
+                        // Votes come from real members; acks only from strangers.
+                        let from = if matches!(reply.body, Body::Ack(_)) {
+                            to + 3
+                        } else {
+                            *to
+                        };
+                        next.extend(l.handle(now, Event::Message { from, msg: reply }));
+                    }
+                }
+                Action::ReleaseVip => next.extend(l.handle(now, Event::VipReleased)),
+                Action::ClaimVip { .. } => panic!("claimed on non-members' acks"),
+                _ => {}
+            }
+        }
+        if next.is_empty() {
+            now = l.next_timer().expect("a timer").max(now);
+            next = l.handle(now, Event::Timer);
+        }
+        acts = next;
+        if now > t0 + Duration::from_secs(4) {
+            break;
+        }
+    }
+    assert!(l.status(now).lease_remaining.is_none() || l.role() != RoleName::Leader);
+}
+
+/// A priority-0 member (a voter-only witness) never campaigns (`my_priority() > 0` in
+/// `can_lead`).
+#[test]
+fn a_priority_zero_member_never_campaigns() {
+    let mut cfg = three(1);
+    cfg.members[0].priority = 0;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(cfg, Persisted::default(), true, 1, t0);
+    let first = n.start(t0);
+    let (now, acts) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(10));
+    assert!(
+        !acts.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Message {
+                    body: Body::PreVoteRequest(_),
+                    ..
+                },
+                ..
+            }
+        )),
+        "a priority-0 node asked for pre-votes"
+    );
+    assert!(!n.status(now).can_lead);
+}
+
+/// HOLDS_VIP is set on heartbeats only while the kernel holds the VIP under a running
+/// lease: not while the claim is in flight, and from the first heartbeat after it applied.
+#[test]
+fn holds_vip_flag_follows_the_kernel() {
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut n, t0);
+    assert_eq!(n.vip(), apivip_proto::election::VipState::Claiming);
+    let flags_of = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::Send {
+                msg:
+                    Message {
+                        body: Body::Heartbeat(h),
+                        ..
+                    },
+                ..
+            } => Some(h.flags),
+            _ => None,
+        })
+    };
+    // A heartbeat while claiming.
+    let next = n.next_timer().expect("timer").max(now);
+    let acts = n.handle(next, Event::Timer);
+    if let Some(f) = flags_of(&acts) {
+        assert!(
+            !f.has(Flags::HOLDS_VIP),
+            "claimed HOLDS_VIP before the kernel did"
+        );
+    }
+    // The claim applies: the heartbeat that announces it carries the flag.
+    let acts = n.handle(next, Event::VipApplied { ok: true });
+    let f = flags_of(&acts).expect("a heartbeat announces the hold");
+    assert!(f.has(Flags::HOLDS_VIP));
+    assert!(f.has(Flags::HEALTHY));
+}
+
+/// HOLDS_VIP is claimed only strictly before the hold ends: a claim confirmed by the
+/// kernel exactly at `vip_hold_until` (a process resumed right at its lease's end) must
+/// not tell the peers it holds an address it must release now.
+#[test]
+fn holds_vip_flag_ends_exactly_at_the_hold_limit() {
+    let flags_at = |offset_ns: u64| {
+        let t0 = Instant::from_nanos(0);
+        let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+        lead_with_peers(&mut n, t0);
+        let until = n
+            .vip_hold_until()
+            .expect("a leader claiming has a hold limit");
+        let at = until.saturating_sub(Duration::from_nanos(offset_ns));
+        // The peers go quiet and the kernel is slow: the node runs its timers (no jump
+        // in time, which would read as a resumed process) up to the claim's answer.
+        while let Some(t) = n.next_timer().filter(|t| *t < at) {
+            n.handle(t, Event::Timer);
+        }
+        assert_eq!(n.vip_hold_until(), Some(until), "the hold limit moved");
+        let acts = n.handle(at, Event::VipApplied { ok: true });
+        acts.iter().find_map(|a| match a {
+            Action::Send {
+                msg:
+                    Message {
+                        body: Body::Heartbeat(h),
+                        ..
+                    },
+                ..
+            } => Some(h.flags.has(Flags::HOLDS_VIP)),
+            _ => None,
+        })
+    };
+    assert_eq!(flags_at(1), Some(true), "a nanosecond before the limit");
+    assert_ne!(flags_at(0), Some(true), "at the limit");
+}
+
+/// The names `apivip status`, the logs and the metrics labels show: part of the
+/// interface operators script against, so pinned here.
+#[test]
+fn operator_facing_names_are_stable() {
+    use apivip_proto::election::{RoleName, TransferReason, VipState};
+    let roles = [
+        (RoleName::Follower, "follower"),
+        (RoleName::PreCandidate, "pre-candidate"),
+        (RoleName::Candidate, "candidate"),
+        (RoleName::Leader, "leader"),
+    ];
+    for (r, s) in roles {
+        assert_eq!(r.as_str(), s);
+    }
+    let vips = [
+        (VipState::Released, "released"),
+        (VipState::Claiming, "claiming"),
+        (VipState::Held, "held"),
+        (VipState::Releasing, "releasing"),
+    ];
+    for (v, s) in vips {
+        assert_eq!(v.as_str(), s);
+    }
+    let reasons = [
+        (TransferReason::Admin, "drill"),
+        (TransferReason::Shutdown, "shutdown"),
+        (TransferReason::Unhealthy, "local apiserver unhealthy"),
+        (
+            TransferReason::Preempt,
+            "preemption by a higher-priority node",
+        ),
+        (TransferReason::LinkDown, "interface down"),
+        (TransferReason::NoQuorum, "no majority heard"),
+        (
+            TransferReason::VipFailure,
+            "the kernel keeps refusing the VIP",
+        ),
+    ];
+    for (t, s) in reasons {
+        assert_eq!(t.as_str(), s);
+    }
+}
+
+/// The accessors the daemon reports from: a fresh node knows its id and no leader; a
+/// leader names itself.
+#[test]
+fn accessors_report_the_node_as_it_is() {
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(2), Persisted::default(), true, 3, t0);
+    assert_eq!(n.id(), 2);
+    assert_eq!(n.leader(), None);
+    lead_with_peers(&mut n, t0);
+    assert_eq!(n.leader(), Some(2));
+}
+
+/// The hold limit the daemon's gate checks before every refresh and announcement exists
+/// only while this node leads with the VIP claimed or held and is not handing it over.
+#[test]
+fn the_hold_limit_ends_with_the_vip_or_a_handover() {
+    use apivip_proto::election::Admin;
+    let t0 = Instant::from_nanos(0);
+    // The kernel refused the claim: no limit while the retry waits.
+    let mut lost = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut lost, t0);
+    assert!(lost.vip_hold_until().is_some(), "claiming");
+    lost.handle(now, Event::VipApplied { ok: false });
+    assert_ne!(lost.vip(), apivip_proto::election::VipState::Claiming);
+    assert_ne!(lost.vip(), apivip_proto::election::VipState::Held);
+    assert_eq!(lost.vip_hold_until(), None, "a leader without the VIP");
+    // Handing over: the VIP is still held, but it must not be announced or refreshed.
+    let mut drill = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut drill, t0);
+    drill.handle(now, Event::VipApplied { ok: true });
+    assert!(drill.vip_hold_until().is_some(), "held");
+    drill.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    assert_eq!(drill.vip_hold_until(), None, "handing over");
+}

@@ -371,8 +371,23 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
             }
             VipDone::Released => {
                 self.metrics.set_vip_held(false);
+                self.close_vip_sessions();
                 self.handle(Event::VipReleased);
             }
+        }
+    }
+
+    /// Connections the forwarder accepted on the VIP end with it: the address now leads
+    /// to another node, where their packets would only meet a reset.
+    fn close_vip_sessions(&self) {
+        let ip = self
+            .cfg
+            .vip
+            .as_ref()
+            .and_then(|v| crate::config::parse_vip(&v.address).ok())
+            .map(|(ip, _)| ip);
+        if let (Some(f), Some(ip)) = (&self.forwarder, ip) {
+            f.close_accepted_on(ip);
         }
     }
 
@@ -824,6 +839,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
                         .collect()
                 })
                 .unwrap_or_default(),
+            forwarder: self.forwarder.as_ref().map(|f| f.totals()),
             faults: FaultReport {
                 vip_failures: st.vip_failures,
                 last_vip_error: self.last_vip_error.clone(),

@@ -18,10 +18,27 @@ pub struct DrainReport {
     pub took_ms: u64,
 }
 
+/// What open connections must close for.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Cut {
+    /// The drain's deadline passed: every connection.
+    pub all: bool,
+    /// The latest address this node released, numbered so a connection only heeds
+    /// releases that came after it was accepted.
+    pub released: Option<(u64, std::net::IpAddr)>,
+}
+
+impl Cut {
+    pub(crate) fn generation(&self) -> u64 {
+        self.released.map_or(0, |(generation, _)| generation)
+    }
+}
+
 /// The switches every accept loop and connection watches.
 pub(crate) struct Switches {
     pub stop_accepting: watch::Sender<bool>,
-    pub force_close: watch::Sender<bool>,
+    /// One channel for both reasons to cut, so a connection holds one receiver.
+    pub cut: watch::Sender<Cut>,
     /// Set when the drain is over: dedicated forwarder threads then stop their runtimes.
     pub finished: watch::Sender<bool>,
 }
@@ -30,7 +47,7 @@ impl Switches {
     pub(crate) fn new() -> Switches {
         Switches {
             stop_accepting: watch::channel(false).0,
-            force_close: watch::channel(false).0,
+            cut: watch::channel(Cut::default()).0,
             finished: watch::channel(false).0,
         }
     }
@@ -57,7 +74,7 @@ pub(crate) async fn drain(
         }
         _ => {
             let left = open.load(Ordering::Relaxed);
-            switches.force_close.send_replace(true);
+            switches.cut.send_modify(|c| c.all = true);
             // Connection tasks see the switch on their next poll; give them a moment so
             // the sockets are closed when this returns.
             let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(max)).await;

@@ -7,6 +7,7 @@
 //! `drain()` on shutdown.
 
 mod drain;
+pub mod limits;
 mod listener;
 mod pool;
 pub mod proxy;
@@ -15,20 +16,22 @@ pub mod settings;
 mod splice;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::backoff::{Backoff, LogThrottle};
 
 pub use crate::config::SpliceMode;
 use crate::health::{HealthError, HealthSpec, Prober};
+use drain::Cut;
 pub use drain::DrainReport;
+use limits::{Keepalive, SourceCap, SourceGuard};
 use pool::{ActiveGuard, Backend};
 pub use pool::{BackendHealth, BackendSpec, BackendStats};
 use relay::{End, RelayOpts, Side};
@@ -41,7 +44,20 @@ pub struct ForwardRuntime {
     pub prefer_local: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a new client may stay silent; the backend is dialled only once it has
+    /// spoken (an apiserver's clients speak first: the TLS ClientHello). Zero dials at
+    /// once and never times out (for protocols where the server speaks first).
+    pub first_byte_timeout: Duration,
+    /// Once one direction has ended (a FIN), the inactivity limit for the rest.
+    pub fin_timeout: Duration,
     pub max_connections: u32,
+    /// Open connections per source address (IPv6: per /64); 0 = no cap. Loopback is exempt.
+    pub max_per_source: u32,
+    /// TCP keepalive on both sides; `None` leaves the kernel's default (off).
+    pub keepalive: Option<Keepalive>,
+    /// Close the sessions of a backend the active check marks down (haproxy's
+    /// `on-marked-down shutdown-sessions`), so its clients reconnect to a live one.
+    pub shutdown_on_down: bool,
     pub eject_backoff: Duration,
     pub eject_backoff_max: Duration,
     pub splice: SpliceMode,
@@ -63,7 +79,14 @@ impl ForwardRuntime {
             prefer_local: false,
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(600),
+            first_byte_timeout: Duration::from_secs(10),
+            fin_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            max_per_source: 1024,
+            keepalive: Some(Keepalive {
+                idle: Duration::from_secs(30),
+            }),
+            shutdown_on_down: true,
             eject_backoff: Duration::from_secs(1),
             eject_backoff_max: Duration::from_secs(30),
             splice: SpliceMode::Auto,
@@ -90,7 +113,7 @@ pub enum ForwardError {
 }
 
 /// Forwarder-wide counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ForwardTotals {
     pub open: u64,
     pub accepted: u64,
@@ -98,7 +121,18 @@ pub struct ForwardTotals {
     pub refused: u64,
     /// Connects retried on another backend after a failure.
     pub retries: u64,
+    /// Closed after `idle_timeout` with no byte either way, or `fin_timeout` after one
+    /// direction ended.
     pub idle_closed: u64,
+    /// Clients that sent nothing within `first_byte_timeout` (or hung up first): no
+    /// backend was dialled for them.
+    pub silent_closed: u64,
+    /// Clients turned away because their source already had `max_per_source` open.
+    pub source_capped: u64,
+    /// Sessions closed because the active check marked their backend down.
+    pub backend_down_closed: u64,
+    /// Sessions accepted on the VIP, closed when this node released it.
+    pub vip_released_closed: u64,
     /// Clients dropped because this process was out of descriptors or buffers.
     pub local_errors: u64,
     /// The connection cap in force: forward.max_connections, lowered to what
@@ -109,6 +143,9 @@ pub struct ForwardTotals {
 struct Settings {
     prefer_local: bool,
     connect_timeout: Duration,
+    first_byte_timeout: Duration,
+    keepalive: Option<Keepalive>,
+    shutdown_on_down: bool,
     eject_backoff: Duration,
     eject_backoff_max: Duration,
     relay: RelayOpts,
@@ -128,8 +165,14 @@ struct Shared {
     refused: AtomicU64,
     retries: AtomicU64,
     idle_closed: AtomicU64,
+    silent_closed: AtomicU64,
+    source_capped: AtomicU64,
+    backend_down_closed: AtomicU64,
+    vip_released_closed: AtomicU64,
     local_errors: AtomicU64,
+    sources: Arc<SourceCap>,
     refused_log: Mutex<LogThrottle>,
+    capped_log: Mutex<LogThrottle>,
 }
 
 pub struct Forwarder;
@@ -154,8 +197,9 @@ impl Forwarder {
         // The cap the descriptor limit allows, with a reserve for the rest of the daemon.
         let limit = crate::fds::nofile();
         let splice = !matches!(rt.splice, crate::config::SpliceMode::Off);
-        let budget = crate::fds::connection_budget(limit, splice);
-        let max_connections = rt.max_connections.min(budget);
+        let budget = crate::fds::budget(limit, splice);
+        splice::set_limit(budget.pipes);
+        let max_connections = rt.max_connections.min(budget.connections);
         if max_connections < rt.max_connections {
             tracing::warn!(
                 target: "apivip::forward",
@@ -163,7 +207,7 @@ impl Forwarder {
                 effective = max_connections,
                 open_files_limit = limit,
                 reserve = crate::fds::RESERVE,
-                per_connection = crate::fds::per_connection(splice),
+                splice_pipes = budget.pipes,
                 "forward.max_connections lowered to what RLIMIT_NOFILE allows (raise LimitNOFILE to serve more)"
             );
         }
@@ -174,12 +218,13 @@ impl Forwarder {
         let mut local = Vec::new();
         for addr in &rt.listen {
             let bind_err = |addr: SocketAddr| move |source| ForwardError::Bind { addr, source };
-            let first = listener::bind(*addr, threads > 1).map_err(bind_err(*addr))?;
+            let first =
+                listener::bind(*addr, threads > 1, rt.keepalive).map_err(bind_err(*addr))?;
             // With port 0 the siblings must share the port the kernel picked.
             let bound = first.local_addr().map_err(bind_err(*addr))?;
             listeners.push(first);
             for set in extra.iter_mut() {
-                set.push(listener::bind_std(bound, true).map_err(bind_err(bound))?);
+                set.push(listener::bind_std(bound, true, rt.keepalive).map_err(bind_err(bound))?);
             }
             local.push(bound);
         }
@@ -190,10 +235,14 @@ impl Forwarder {
             settings: Settings {
                 prefer_local: rt.prefer_local,
                 connect_timeout: rt.connect_timeout,
+                first_byte_timeout: rt.first_byte_timeout,
+                keepalive: rt.keepalive,
+                shutdown_on_down: rt.shutdown_on_down,
                 eject_backoff: rt.eject_backoff,
                 eject_backoff_max: rt.eject_backoff_max,
                 relay: RelayOpts {
                     idle: rt.idle_timeout,
+                    fin: rt.fin_timeout.min(rt.idle_timeout),
                     splice: rt.splice,
                     pipe_size: rt.pipe_size,
                 },
@@ -207,8 +256,14 @@ impl Forwarder {
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
+            silent_closed: AtomicU64::new(0),
+            source_capped: AtomicU64::new(0),
+            backend_down_closed: AtomicU64::new(0),
+            vip_released_closed: AtomicU64::new(0),
             local_errors: AtomicU64::new(0),
+            sources: SourceCap::new(rt.max_per_source),
             refused_log: Mutex::new(LogThrottle::default()),
+            capped_log: Mutex::new(LogThrottle::default()),
         });
         for l in listeners {
             tokio::spawn(accept_loop(shared.clone(), l));
@@ -227,6 +282,8 @@ impl Forwarder {
             target: "apivip::forward",
             listen = ?local,
             backends = ?rt.backends.iter().map(|b| b.address).collect::<Vec<_>>(),
+            max_connections,
+            max_per_source = rt.max_per_source,
             "forwarder started"
         );
         Ok(ForwarderHandle { shared, local })
@@ -270,6 +327,7 @@ impl ForwarderHandle {
                     })
                     .collect();
                 metrics.update_backends(&samples);
+                metrics.update_forward(handle.totals());
             }
         })
     }
@@ -282,6 +340,10 @@ impl ForwarderHandle {
             refused: s.refused.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
             idle_closed: s.idle_closed.load(Ordering::Relaxed),
+            silent_closed: s.silent_closed.load(Ordering::Relaxed),
+            source_capped: s.source_capped.load(Ordering::Relaxed),
+            backend_down_closed: s.backend_down_closed.load(Ordering::Relaxed),
+            vip_released_closed: s.vip_released_closed.load(Ordering::Relaxed),
             local_errors: s.local_errors.load(Ordering::Relaxed),
             max_connections: u64::from(s.max),
         }
@@ -320,6 +382,15 @@ impl ForwarderHandle {
             "backends updated"
         );
         Ok(())
+    }
+
+    /// This node no longer holds `ip`: closes every connection accepted on it. Their
+    /// clients' next packets would reach the new holder and be reset there anyway; closed
+    /// now, they reconnect at once instead of at their next write or their own timeout.
+    pub fn close_accepted_on(&self, ip: IpAddr) {
+        self.shared.switches.cut.send_modify(|c| {
+            c.released = Some((c.released.map_or(1, |(generation, _)| generation + 1), ip));
+        });
     }
 
     /// Stops accepting, waits up to `deadline` for open connections to finish, then
@@ -411,6 +482,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     tokio::pin!(stop);
     let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     let mut log = LogThrottle::default();
+    let listen_ip = listener
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
     loop {
         // Take the permit first: over the cap, connections wait in the kernel backlog
         // (as with haproxy's maxconn) instead of being accepted and dropped.
@@ -421,12 +497,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 Err(_) => return,
             },
         };
-        let sock = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = &mut stop => return,
             r = listener.accept() => match r {
-                Ok((sock, _)) => {
+                Ok(accepted) => {
                     backoff.reset();
-                    sock
+                    accepted
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS leave the client in the backlog, so accept
@@ -442,9 +518,30 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             },
         };
         shared.accepted.fetch_add(1, Ordering::Relaxed);
-        // No set_nodelay here: Linux copies TCP_NODELAY from the listener to accepted
-        // sockets, which saves a syscall per connection.
-        tokio::spawn(serve(shared.clone(), sock, permit));
+        let Some(source) = shared.sources.admit(peer.ip()) else {
+            shared.source_capped.fetch_add(1, Ordering::Relaxed);
+            if let Some(held) = shared
+                .capped_log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allow()
+            {
+                tracing::warn!(target: "apivip::forward", source = %peer.ip(), held_back = held, "connection refused: its source is at forward.max_per_source");
+            }
+            continue;
+        };
+        // The address the client reached, for closing its sessions when this node lets the
+        // VIP go: the listener's own, unless it listens on the wildcard.
+        let local_ip = match listen_ip {
+            Some(ip) => ip,
+            None => match sock.local_addr() {
+                Ok(a) => a.ip(),
+                Err(_) => continue,
+            },
+        };
+        // No set_nodelay or keepalive here: Linux copies TCP_NODELAY, SO_KEEPALIVE, the
+        // keepalive timings and TCP_USER_TIMEOUT from the listener at accept.
+        tokio::spawn(serve(shared.clone(), sock, local_ip, (permit, source)));
     }
 }
 
@@ -453,13 +550,77 @@ async fn switched_on(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|on| *on).await;
 }
 
-async fn serve(shared: Arc<Shared>, client: TcpStream, _permit: OwnedSemaphorePermit) {
+async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    local_ip: IpAddr,
+    _held: (OwnedSemaphorePermit, SourceGuard),
+) {
     let _open = drain::OpenGuard::new(shared.open.clone());
-    let mut force: watch::Receiver<bool> = shared.switches.force_close.subscribe();
+    let mut cut: watch::Receiver<Cut> = shared.switches.cut.subscribe();
+    let released_before = cut.borrow().generation();
     tokio::select! {
         biased;
-        _ = switched_on(&mut force) => {}
-        _ = connect_and_relay(&shared, client) => {}
+        c = cut_for(&mut cut, local_ip, released_before) => {
+            if c == CutReason::Released {
+                shared.vip_released_closed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ = async {
+            if spoke_in_time(&shared, &client).await {
+                connect_and_relay(&shared, client).await;
+            }
+        } => {}
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CutReason {
+    Drain,
+    Released,
+}
+
+/// Resolves when this connection must close: the drain's deadline passed, or this node
+/// released the address the client reached (after `released_before`, so a connection
+/// accepted after the VIP came back is not closed by an old release).
+async fn cut_for(
+    rx: &mut watch::Receiver<Cut>,
+    local_ip: IpAddr,
+    released_before: u64,
+) -> CutReason {
+    let mut reason = CutReason::Drain;
+    let _ = rx
+        .wait_for(|c| {
+            if c.all {
+                return true;
+            }
+            match c.released {
+                Some((generation, ip)) if generation > released_before && ip == local_ip => {
+                    reason = CutReason::Released;
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await;
+    reason
+}
+
+/// Waits for the client's first byte (without reading it) up to `first_byte_timeout`.
+/// False when it stayed silent or hung up first: no backend is dialled for it.
+async fn spoke_in_time(shared: &Shared, client: &TcpStream) -> bool {
+    let limit = shared.settings.first_byte_timeout;
+    if limit.is_zero() {
+        return true;
+    }
+    let mut one = [0u8; 1];
+    match tokio::time::timeout(limit, client.peek(&mut one)).await {
+        Ok(Ok(n)) if n > 0 => true,
+        // Timed out, EOF before a byte (a port scan, a load balancer's TCP check), or reset.
+        _ => {
+            shared.silent_closed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
     }
 }
 
@@ -474,7 +635,7 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
         tried += 1;
         let guard = ActiveGuard::new(b);
         let addr = guard.0.spec.address;
-        let upstream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await
+        let upstream = match tokio::time::timeout(s.connect_timeout, dial(addr, s.keepalive)).await
         {
             Ok(Ok(u)) => u,
             Ok(Err(e)) if crate::backoff::is_local_exhaustion(&e) => {
@@ -496,8 +657,13 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
             }
         };
         guard.0.connected();
-        let _ = upstream.set_nodelay(true);
-        let out = relay::relay(
+        // Cut when the check marks this backend down, but only if it was up when chosen:
+        // with every backend down the client was sent to one as a last resort.
+        let mut verdicts = match guard.0.verdicts() {
+            Some(v) if s.shutdown_on_down && *v.borrow() => Some(v),
+            _ => None,
+        };
+        let relayed = relay::relay(
             &client,
             &upstream,
             s.relay,
@@ -505,8 +671,15 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
                 up: &guard.0.bytes_in,
                 down: &guard.0.bytes_out,
             },
-        )
-        .await;
+        );
+        let out = tokio::select! {
+            out = relayed => out,
+            _ = marked_down(&mut verdicts) => {
+                shared.backend_down_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "apivip::forward", backend = %addr, "session closed: backend marked down");
+                return;
+            }
+        };
         match out.end {
             End::Idle => {
                 shared.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -532,4 +705,30 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
     {
         tracing::warn!(target: "apivip::forward", tried, held_back = held, "no backend accepted the connection");
     }
+}
+
+/// Resolves when the backend's verdict turns to down; never without a check.
+async fn marked_down(verdicts: &mut Option<watch::Receiver<bool>>) {
+    match verdicts {
+        Some(v) => {
+            if v.wait_for(|healthy| !*healthy).await.is_err() {
+                // The prober is gone (backend removed by a reload): nothing will say down.
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Connects to a backend with TCP_NODELAY and keepalive set before the SYN.
+async fn dial(addr: SocketAddr, keepalive: Option<Keepalive>) -> io::Result<TcpStream> {
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    sock.set_nodelay(true)?;
+    if let Some(k) = keepalive {
+        k.apply(socket2::SockRef::from(&sock))?;
+    }
+    sock.connect(addr).await
 }

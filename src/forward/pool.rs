@@ -149,6 +149,11 @@ impl Backend {
         );
     }
 
+    /// Flips of the active check's verdict (true = healthy); `None` without active checks.
+    pub(crate) fn verdicts(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.probe.as_ref().map(Prober::verdicts)
+    }
+
     pub(crate) fn connected(&self) {
         self.total.fetch_add(1, Ordering::Relaxed);
         // Only touch the mutex when there is a failure streak to clear.

@@ -3,7 +3,9 @@
 //! Each direction is a pump that ends at EOF by half-closing the other side
 //! (`shutdown(SHUT_WR)`), so a client that sends its request and then shuts down its
 //! write side still gets the whole answer. The relay ends when both pumps have ended, on
-//! the first error, or after `idle` with no byte either way.
+//! the first error, after `idle` with no byte either way, or, once one direction has
+//! ended, after `fin` with no byte (a backend that closed on a silent client must not
+//! leave the client's half open for the whole idle timeout).
 //!
 //! A pump holds no buffer while it waits for data: buffers come from a per-thread pool
 //! only for the read → write step, so 10,000 idle watch connections cost no buffer
@@ -49,6 +51,8 @@ fn give_buf(buf: Box<[u8]>) {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RelayOpts {
     pub idle: Duration,
+    /// The inactivity limit once one direction has ended; at most `idle`.
+    pub fin: Duration,
     pub splice: SpliceMode,
     pub pipe_size: usize,
 }
@@ -90,42 +94,57 @@ pub(crate) async fn relay(
     let last = AtomicU64::new(now_ms());
     let down_total = AtomicU64::new(0);
     let one_ended = AtomicBool::new(false);
-    // The pumps are built inside the join, not bound to locals first: a future held in a
-    // local and then moved into the join takes space twice in this future's state, and
-    // every connection's task is allocated and moved at that size.
-    let end = tokio::select! {
-        r = async {
-            tokio::try_join!(
-                pump(
-                    client,
-                    backend,
-                    Side::Client,
-                    opts,
-                    PumpShared {
-                        counter: counters.up,
-                        last: &last,
-                        total_out: None,
-                        one_ended: &one_ended,
-                    },
-                ),
-                pump(
-                    backend,
-                    client,
-                    Side::Backend,
-                    opts,
-                    PumpShared {
-                        counter: counters.down,
-                        last: &last,
-                        total_out: Some(&down_total),
-                        one_ended: &one_ended,
-                    },
-                )
-            )
-        } => match r {
-            Ok(_) => End::Done,
-            Err((side, e)) => End::Error(side, e),
+    // Pinned in place, not moved into a join: a future held in a local and then moved
+    // takes space twice in this future's state, and every connection's task is allocated
+    // at that size.
+    let up = pump(
+        client,
+        backend,
+        Side::Client,
+        &opts,
+        PumpShared {
+            counter: counters.up,
+            last: &last,
+            total_out: None,
+            one_ended: &one_ended,
         },
-        _ = idle(&last, opts.idle) => End::Idle,
+    );
+    let down = pump(
+        backend,
+        client,
+        Side::Backend,
+        &opts,
+        PumpShared {
+            counter: counters.down,
+            last: &last,
+            total_out: Some(&down_total),
+            one_ended: &one_ended,
+        },
+    );
+    tokio::pin!(up, down);
+    let first = tokio::select! {
+        r = &mut up => Some((Side::Client, r)),
+        r = &mut down => Some((Side::Backend, r)),
+        _ = idle(&last, opts.idle) => None,
+    };
+    let end = match first {
+        None => End::Idle,
+        Some((_, Err((side, e)))) => End::Error(side, e),
+        Some((ended, Ok(_))) => {
+            // One direction is over: the other gets `fin` of inactivity, not `idle`. The
+            // two waits are one after the other, so they share their space in this state.
+            let rest = match ended {
+                Side::Client => down,
+                Side::Backend => up,
+            };
+            tokio::select! {
+                r = rest => match r {
+                    Ok(_) => End::Done,
+                    Err((side, e)) => End::Error(side, e),
+                },
+                _ = idle(&last, opts.fin) => End::Idle,
+            }
+        }
     };
     Outcome {
         down: down_total.load(Ordering::Relaxed),
@@ -136,7 +155,7 @@ pub(crate) async fn relay(
 async fn idle(last: &AtomicU64, limit: Duration) {
     let limit = limit.as_millis() as u64;
     loop {
-        let deadline = last.load(Ordering::Relaxed) + limit;
+        let deadline = last.load(Ordering::Relaxed).saturating_add(limit);
         let now = now_ms();
         if now >= deadline {
             return;
@@ -169,7 +188,8 @@ async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     src_side: Side,
-    opts: RelayOpts,
+    // By reference: each pump's state holds it for the connection's whole life.
+    opts: &RelayOpts,
     shared: PumpShared<'_>,
 ) -> PumpResult {
     let PumpShared {
@@ -202,24 +222,28 @@ async fn pump(
                 }
                 Err(e) => break Err(e),
             },
-            Path::Splice(pipe) => match splice_step(src, dst, pipe, src_side, dst_side).await {
-                Ok(n) => {
-                    spliced_once = true;
-                    n
-                }
-                // The kernel cannot splice this pair (never for TCP on Linux, but a
-                // seccomp filter or an odd kernel might say so): copy instead.
-                Err((_, e))
-                    if !spliced_once
-                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) =>
-                {
-                    if let Path::Splice(p) = std::mem::replace(&mut path, Path::Copy) {
-                        p.give(true);
+            // Boxed: only connections that move bulk data splice, and inline its state
+            // would make every idle connection's task bigger.
+            Path::Splice(pipe) => {
+                match Box::pin(splice_step(src, dst, pipe, src_side, dst_side)).await {
+                    Ok(n) => {
+                        spliced_once = true;
+                        n
                     }
-                    continue;
+                    // The kernel cannot splice this pair (never for TCP on Linux, but a
+                    // seccomp filter or an odd kernel might say so): copy instead.
+                    Err((_, e))
+                        if !spliced_once
+                            && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) =>
+                    {
+                        if let Path::Splice(p) = std::mem::replace(&mut path, Path::Copy) {
+                            p.give(true);
+                        }
+                        continue;
+                    }
+                    Err(e) => break Err(e),
                 }
-                Err(e) => break Err(e),
-            },
+            }
         };
         if n == 0 {
             // When the other direction has already ended, both sockets are closed as soon
@@ -229,6 +253,8 @@ async fn pump(
             if !one_ended.swap(true, Ordering::Relaxed) {
                 // ENOTCONN when the peer already reset: nothing left to tell it.
                 let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+                // The fin timeout counts from here, not from the last byte before.
+                last.store(now_ms(), Ordering::Relaxed);
             }
             break Ok(total);
         }

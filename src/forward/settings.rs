@@ -108,7 +108,13 @@ pub fn runtime(c: &Config) -> ForwardRuntime {
         prefer_local: f.prefer_local,
         connect_timeout: f.connect_timeout,
         idle_timeout: f.idle_timeout,
+        first_byte_timeout: f.first_byte_timeout,
+        fin_timeout: f.fin_timeout,
         max_connections: f.max_connections,
+        max_per_source: f.max_per_source,
+        keepalive: (!f.keepalive.is_zero())
+            .then_some(super::limits::Keepalive { idle: f.keepalive }),
+        shutdown_on_down: f.shutdown_sessions_on_down,
         eject_backoff: f.eject_backoff,
         eject_backoff_max: f.eject_backoff_max,
         splice: f.splice,

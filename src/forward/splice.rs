@@ -5,6 +5,17 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Pipes alive in this process (in use or pooled), and how many may be: the descriptor
+/// budget's share for splice (`fds::budget`). Past it a pump copies instead.
+static PIPES: AtomicU64 = AtomicU64::new(0);
+static PIPES_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Sets the process-wide pipe budget (at forwarder start).
+pub(crate) fn set_limit(pipes: u64) {
+    PIPES_LIMIT.store(pipes, Ordering::Relaxed);
+}
 
 /// A pipe that is empty whenever it is not in use by a pump.
 pub(crate) struct Pipe {
@@ -28,10 +39,14 @@ impl Pipe {
         if let Some(p) = POOL.with(|p| p.borrow_mut().pop()) {
             return Ok(p);
         }
+        if !admit(&PIPES, PIPES_LIMIT.load(Ordering::Relaxed)) {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
         let mut fds = [0 as RawFd; 2];
         // SAFETY: fds has room for the two descriptors pipe2 writes.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
         if rc < 0 {
+            PIPES.fetch_sub(1, Ordering::Relaxed);
             return Err(io::Error::last_os_error());
         }
         // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
@@ -75,6 +90,21 @@ impl Pipe {
     }
 }
 
+/// Counts one more pipe if the budget has room.
+fn admit(count: &AtomicU64, limit: u64) -> bool {
+    if count.fetch_add(1, Ordering::Relaxed) >= limit {
+        count.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: null offsets are required for pipes and sockets; the descriptors are open for
     // the whole call (borrowed from live objects by the callers).
@@ -99,6 +129,20 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn the_budget_admits_up_to_its_limit() {
+        let n = AtomicU64::new(0);
+        assert!(admit(&n, 2) && admit(&n, 2));
+        assert!(!admit(&n, 2));
+        assert_eq!(
+            n.load(Ordering::Relaxed),
+            2,
+            "a refusal leaves the count alone"
+        );
+        n.fetch_sub(1, Ordering::Relaxed);
+        assert!(admit(&n, 2));
+    }
 
     #[test]
     fn moves_bytes_between_sockets() {

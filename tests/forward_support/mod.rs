@@ -66,6 +66,9 @@ pub fn runtime(backends: &[SocketAddr]) -> ForwardRuntime {
         backends.iter().map(|a| BackendSpec::new(*a)).collect(),
     );
     rt.connect_timeout = Duration::from_millis(500);
+    // `Echo` speaks first (its greeting), so these tests dial at once; the default
+    // first-byte wait is tested in forward_edges.rs.
+    rt.first_byte_timeout = Duration::ZERO;
     rt.eject_backoff = Duration::from_secs(5);
     rt.splice = SpliceMode::Auto;
     rt
