@@ -5,9 +5,11 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-failover
 
+# The demo is a test tool, not part of the product: its own binary in the testkit crate,
+# which runs the apivip built next to it.
 demo: deps-demo
-	$(CARGO) build --bin apivip
-	$(SUDO) target/debug/apivip demo
+	$(CARGO) build -p apivip -p apivip-testkit --bins
+	$(SUDO) target/debug/apivip-demo
 
 test: deps-test lint unit sim-report
 
@@ -21,7 +23,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The testkit's binaries (apivip-demo, apivip-standin) are built first: the docs' and
+# the demo's tests run them from next to apivip.
 unit:
+	$(CARGO) build -p apivip -p apivip-testkit --bins
 	$(CARGO) test --workspace
 
 # The election simulator's figures: 5,400 random schedules, failover and handover times.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use apivip_proto::election::{
     Action, Admin, Event, Member, Node, NodeConfig, Notice, Persisted, Quorum as ElQuorum,
-    RoleName, Rules, VipState,
+    RoleName, VipState,
 };
 use apivip_proto::message::{Body, Message, NodeId};
 use apivip_proto::{Instant, Keyring};
@@ -96,7 +96,6 @@ pub fn node_config(cfg: &Config) -> Result<NodeConfig> {
     };
     n.preempt = cfg.election.preempt;
     n.preempt_delay = cfg.election.preempt_delay;
-    n.rules = Rules::ALL;
     n.protocol = cfg.election.protocol;
     n.validate().map_err(|e| anyhow!("election config: {e}"))?;
     Ok(n)
