@@ -378,7 +378,11 @@ fn auto_placement_follows_arp_ignore() {
         n.run(|| apivip::vip::resolve_placement(Cfg::Auto, VIP4.into(), "eth0", "apivip0"))
             .unwrap()
     };
-    let (p, why) = resolve();
+    let apivip::vip::Resolved {
+        placement: p,
+        reason: why,
+        ..
+    } = resolve();
     assert_eq!(
         p,
         Placement::Device {
@@ -395,11 +399,13 @@ fn auto_placement_follows_arp_ignore() {
     };
     for (scope, value) in [("eth0", "2"), ("all", "1")] {
         set(scope, value);
-        let (p, why) = resolve();
+        let r = resolve();
+        let (p, why) = (r.placement, r.reason);
+        assert!(!r.tun_fallback);
         assert_eq!(p, Placement::Interface, "{scope}={value}: {why}");
         assert!(why.contains("arp_ignore is"), "{why}");
         set(scope, "0");
-        assert!(matches!(resolve().0, Placement::Device { .. }));
+        assert!(matches!(resolve().placement, Placement::Device { .. }));
     }
 }
 

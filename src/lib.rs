@@ -13,5 +13,6 @@ pub mod health;
 pub mod heartbeat;
 pub mod manifest;
 pub mod metrics;
+pub mod perms;
 pub mod state;
 pub mod vip;

@@ -109,6 +109,16 @@ pub fn peer_addrs(cfg: &Config) -> BTreeMap<u32, SocketAddr> {
     )
 }
 
+/// Reads the config's key file after checking who may read it and its directory
+/// ([`crate::perms`]), naming the file in every error.
+pub fn load_keys_checked(cfg: &Config) -> Result<Keyring> {
+    crate::perms::enforce(
+        crate::perms::key_problems(&cfg.key_file, crate::perms::euid()),
+        cfg.allow_insecure_permissions,
+    )?;
+    load_keys(&cfg.key_file)
+}
+
 /// Reads the key file, naming it in every error.
 pub fn load_keys(path: &std::path::Path) -> Result<Keyring> {
     let text = std::fs::read_to_string(path)
@@ -699,7 +709,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
                     .map_err(|e| anyhow!("cannot record the longer promise: {e}"))?;
             }
         }
-        let keys = load_keys(&new.key_file)?;
+        let keys = load_keys_checked(&new)?;
         if let Some(f) = &self.forwarder {
             let health = crate::forward::settings::health(&new);
             let change = (health != crate::forward::settings::health(&self.cfg)).then_some(health);
@@ -863,6 +873,7 @@ const REFUSED: &[&str] = &[
 ];
 /// Fields SIGHUP applies (prefixes).
 const APPLIED: &[&str] = &[
+    "allow_insecure_permissions",
     "peers",
     "election.",
     "key_file",

@@ -7,12 +7,14 @@
 //!   on every node, a client that asks which node answers on the VIP.
 //! - [`keepalived`]: keepalived in a testbed's namespaces, for bench/failover.
 //! - [`standin`]: a stand-in Kubernetes apiserver (also the `apivip-standin` binary).
+//! - [`pod`]: runs a static pod manifest the way a kubelet would, with an OCI runtime.
 //! - [`users`]: running a test binary as another user from wherever it was built.
 //! - [`demo`]: `apivip-demo`, the demo `make demo` runs.
 
 pub mod demo;
 pub mod keepalived;
 pub mod netns;
+pub mod pod;
 pub mod standin;
 pub mod testbed;
 pub mod users;
