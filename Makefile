@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-failover
+.PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-failover test-clone
 
 # The demo is a test tool, not part of the product: its own binary in the testkit crate,
 # which runs the apivip built next to it.
@@ -38,3 +38,9 @@ bench-forwarder:
 
 bench-failover:
 	bench/failover
+
+# `make test` from a fresh clone in a 0700 directory, as a new root user clones into
+# their home: a full build, so it is not part of `make test` (netns-tests/harness.rs
+# checks there what such a directory changes).
+test-clone:
+	scripts/test-clone.sh test
