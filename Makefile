@@ -3,11 +3,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-forwarder-edges bench-failover bench-mutants
+.PHONY: demo test deps-demo deps-test lint unit sim-report bench-forwarder bench-forwarder-edges bench-failover bench-mutants test-clone
 
+# The demo is a test tool, not part of the product: its own binary in the testkit crate,
+# which runs the apivip built next to it.
 demo: deps-demo
-	$(CARGO) build --bin apivip
-	$(SUDO) target/debug/apivip demo
+	$(CARGO) build -p apivip -p apivip-testkit --bins
+	$(SUDO) target/debug/apivip-demo
 
 test: deps-test lint unit sim-report
 
@@ -21,7 +23,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The testkit's binaries (apivip-demo, apivip-standin) are built first: the docs' and
+# the demo's tests run them from next to apivip.
 unit:
+	$(CARGO) build -p apivip -p apivip-testkit --bins
 	$(CARGO) test --workspace
 
 # The election simulator's figures: 5,400 random schedules, failover and handover times.
@@ -40,3 +45,9 @@ bench-failover:
 # Not in `make test`: hours for every mutant on 2 cores (docs/design.md, "Mutation testing").
 bench-mutants:
 	bench/mutants
+
+# `make test` from a fresh clone in a 0700 directory, as a new root user clones into
+# their home: a full build, so it is not part of `make test` (netns-tests/harness.rs
+# checks there what such a directory changes).
+test-clone:
+	scripts/test-clone.sh test

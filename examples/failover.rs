@@ -50,9 +50,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use apivip::netns;
-use apivip::testbed::{Testbed, TestbedSpec, WHOAMI_PORT, whoami_once};
-use apivip::testbed_keepalived::{Keepalived, KeepalivedSpec};
+use apivip_testkit::keepalived::{Keepalived, KeepalivedSpec};
+use apivip_testkit::netns;
+use apivip_testkit::testbed::{Testbed, TestbedSpec, WHOAMI_PORT, whoami_once};
 
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);

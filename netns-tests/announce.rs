@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use apivip::announce::{AnnounceConfig, Announcer, ArpForm};
-use apivip::netns::{Node, VIP4, VIP6, require_root};
 use apivip::vip::{Placement, Vip, VipSpec};
+use apivip_testkit::netns::{Node, VIP4, VIP6, require_root};
 use support::{Capture, mac_str, rt, topo};
 
 mod support;

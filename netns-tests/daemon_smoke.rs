@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use apivip::netns::require_root;
-use apivip::testbed::{Testbed, TestbedSpec};
+use apivip_testkit::netns::require_root;
+use apivip_testkit::testbed::{Testbed, TestbedSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apivip");
 
@@ -44,22 +44,23 @@ fn elect_serve_and_drill() {
     println!("client served by {name} {took:?} after the move");
 }
 
-/// The README's first command: `apivip demo` runs, prints its summary and leaves no
-/// namespace behind.
+/// The README's first command: `make demo` runs `apivip-demo`, which prints its summary
+/// and leaves no namespace behind.
 #[test]
 fn demo_runs_and_cleans_up() {
     if !require_root("demo_runs_and_cleans_up") {
         return;
     }
-    let child = std::process::Command::new(BIN)
-        .arg("demo")
+    let demo =
+        apivip_testkit::bin_beside(BIN.as_ref(), "apivip-demo").unwrap_or_else(|e| panic!("{e}"));
+    let child = std::process::Command::new(demo)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("apivip demo starts");
+        .expect("apivip-demo starts");
     // The demo names its namespaces after its own pid, so parallel runs never collide.
     let prefix = format!("avt{}x", child.id());
-    let out = child.wait_with_output().expect("apivip demo runs");
+    let out = child.wait_with_output().expect("apivip-demo runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -11,8 +11,8 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use apivip::netns::require_root;
-use apivip::testbed::{Testbed, TestbedSpec};
+use apivip_testkit::netns::require_root;
+use apivip_testkit::testbed::{Testbed, TestbedSpec};
 use common::*;
 use support::wait_until;
 
@@ -172,7 +172,7 @@ fn one_source_is_held_to_max_per_source() {
 /// A watch through VIP:8443, read line by line: which apiserver serves it, and when the
 /// stream ends.
 struct Watch {
-    _curl: apivip::netns::NsChild,
+    _curl: apivip_testkit::netns::NsChild,
     lines: mpsc::Receiver<Option<(Instant, String)>>,
 }
 

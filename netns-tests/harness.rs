@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use apivip::netns::{AddrProbe, VIP4, cleanup_stale, require_root};
+use apivip_testkit::netns::{AddrProbe, VIP4, cleanup_stale, require_root};
+use apivip_testkit::users::{NOBODY, SharedExe};
 use support::topo;
 
 mod support;
@@ -253,26 +254,23 @@ fn require_root_skips_locally_and_fails_under_ci() {
     if !require_root("require_root_skips_locally_and_fails_under_ci") {
         return;
     }
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().unwrap();
+    // nobody cannot run a binary inside a directory it cannot enter (a clone in root's
+    // 0700 home): run a world-readable copy.
+    let shared = SharedExe::copy(&exe).expect("a copy nobody can run");
     let run = |ci: Option<&str>| {
-        let mut c = std::process::Command::new(&exe);
+        let mut c = shared.command_as(NOBODY, NOBODY);
         c.args(["--exact", "require_root_child", "--nocapture"])
             .env(ROOT_CHILD_ENV, "1")
-            .env_remove("CI")
-            .uid(65534)
-            .gid(65534);
+            .env_remove("CI");
         if let Some(v) = ci {
             c.env("CI", v);
         }
-        c.output().expect("run as nobody")
+        c.output()
+            .unwrap_or_else(|e| panic!("run {} as nobody: {e}", shared.path().display()))
     };
     let local = run(None);
     let err = String::from_utf8_lossy(&local.stderr);
-    if !local.status.success() && err.contains("Permission denied") {
-        eprintln!("skipping: nobody cannot execute {}", exe.display());
-        return;
-    }
     assert!(local.status.success(), "{local:?}");
     assert!(err.contains("skipping: needs root"), "{err}");
     let ci = run(Some("true"));
@@ -281,4 +279,55 @@ fn require_root_skips_locally_and_fails_under_ci() {
         String::from_utf8_lossy(&ci.stdout).contains("CI=true forbids skipping")
             || String::from_utf8_lossy(&ci.stderr).contains("CI=true forbids skipping")
     );
+}
+
+const NESTED_ENV: &str = "APIVIP_TEST_FROM_0700_DIR";
+/// Every test in netns-tests that runs a process as another user (grep for `.uid(` and
+/// `command_as`): each must pass from a clone only root may enter.
+const SWITCH_USERS: &[&str] = &["require_root_skips_locally_and_fails_under_ci"];
+
+/// `make test` from a clone in a directory only root may enter (root's home, `mktemp
+/// -d`): every test that runs something as another user must still pass. This runs such
+/// tests again from a copy of this binary inside a fresh 0700 directory, as if the clone
+/// (and so `target/`) lived there.
+#[test]
+fn tests_that_switch_users_pass_from_a_0700_directory() {
+    if !require_root("tests_that_switch_users_pass_from_a_0700_directory")
+        || std::env::var_os(NESTED_ENV).is_some()
+    {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::Builder::new()
+        .prefix("apivip-0700-clone")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = home.path().join("apivip/target/debug/deps");
+    std::fs::create_dir_all(&target).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let copy = target.join(exe.file_name().unwrap());
+    std::fs::copy(&exe, &copy).unwrap();
+    assert!(
+        !apivip_testkit::users::enterable_by_all(&target),
+        "the test directory must be closed to others"
+    );
+    for test in SWITCH_USERS {
+        let out = std::process::Command::new(&copy)
+            .args(["--exact", test, "--nocapture"])
+            .env(NESTED_ENV, "1")
+            .current_dir(home.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{test} from {}:\n{text}",
+            copy.display()
+        );
+    }
 }

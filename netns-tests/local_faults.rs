@@ -9,8 +9,8 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use apivip::netns::require_root;
-use apivip::testbed::{Testbed, TestbedSpec};
+use apivip_testkit::netns::require_root;
+use apivip_testkit::testbed::{Testbed, TestbedSpec};
 use common::*;
 use support::{Capture, wait_until};
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 
-use apivip::netns::{AddrProbe, in_netns, require_root};
-use apivip::testbed::{Testbed, TestbedSpec, WHOAMI_PORT, whoami_once};
+use apivip_testkit::netns::{AddrProbe, in_netns, require_root};
+use apivip_testkit::testbed::{Testbed, TestbedSpec, WHOAMI_PORT, whoami_once};
 use common::*;
 use support::wait_until;
 

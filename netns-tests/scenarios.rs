@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use apivip::netns::require_root;
-use apivip::testbed::{Testbed, TestbedSpec};
+use apivip_testkit::netns::require_root;
+use apivip_testkit::testbed::{Testbed, TestbedSpec};
 use common::*;
 
 /// Scenario 1: one holder is elected and the client reaches the VIP (and the forwarder behind it).

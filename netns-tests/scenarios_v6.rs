@@ -3,7 +3,7 @@
 
 mod common;
 
-use apivip::netns::require_root;
+use apivip_testkit::netns::require_root;
 use common::*;
 
 #[test]

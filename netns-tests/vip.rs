@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use apivip::netns::{AddrProbe, VIP4, VIP6, require_root};
 use apivip::vip::{Placement, Vip, VipSpec};
+use apivip_testkit::netns::{AddrProbe, VIP4, VIP6, require_root};
 use support::{rt, topo, wait_until};
 
 mod support;
@@ -21,7 +21,7 @@ fn spec(addr: IpAddr, prefix: u8, placement: Placement, label: Option<&str>) -> 
 }
 
 /// The `addr_info` entry for `ip` in `ip -j addr show` of the node, if any.
-fn addr_info(node: &apivip::netns::Node, ip: IpAddr) -> Option<serde_json::Value> {
+fn addr_info(node: &apivip_testkit::netns::Node, ip: IpAddr) -> Option<serde_json::Value> {
     let out = node.exec(&["ip", "-j", "addr", "show"]).expect("ip addr");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
     v.as_array()?.iter().find_map(|link| {
@@ -306,7 +306,7 @@ fn device_vip_is_reachable_and_dies_with_its_holder() {
     let probe = AddrProbe::new(&t).unwrap();
     let exe = std::env::current_exe().unwrap();
     // Quiet: the child's own libtest lines would read like this run's results.
-    let mut holder = apivip::netns::NsChild(
+    let mut holder = apivip_testkit::netns::NsChild(
         n.command(exe.to_str().unwrap())
             .args(["--exact", "device_holder_child", "--test-threads=1"])
             .env(HOLDER_ENV, "1")
@@ -378,7 +378,11 @@ fn auto_placement_follows_arp_ignore() {
         n.run(|| apivip::vip::resolve_placement(Cfg::Auto, VIP4.into(), "eth0", "apivip0"))
             .unwrap()
     };
-    let (p, why) = resolve();
+    let apivip::vip::Resolved {
+        placement: p,
+        reason: why,
+        ..
+    } = resolve();
     assert_eq!(
         p,
         Placement::Device {
@@ -395,11 +399,13 @@ fn auto_placement_follows_arp_ignore() {
     };
     for (scope, value) in [("eth0", "2"), ("all", "1")] {
         set(scope, value);
-        let (p, why) = resolve();
+        let r = resolve();
+        let (p, why) = (r.placement, r.reason);
+        assert!(!r.tun_fallback);
         assert_eq!(p, Placement::Interface, "{scope}={value}: {why}");
         assert!(why.contains("arp_ignore is"), "{why}");
         set(scope, "0");
-        assert!(matches!(resolve().0, Placement::Device { .. }));
+        assert!(matches!(resolve().placement, Placement::Device { .. }));
     }
 }
 

@@ -11,8 +11,9 @@ declare -A pkg=(
 case "$want" in
   demo) ;;
   test|bench)
+    # runc starts the image the way a kubelet's runtime would (netns-tests/image.rs).
     pkg+=([keepalived]=keepalived [haproxy]=haproxy [nginx]=nginx [kubectl]=kubernetes-client
-          [openssl]=openssl [buildah]=buildah [systemd-analyze]=systemd)
+          [openssl]=openssl [buildah]=buildah [runc]=runc [systemd-analyze]=systemd)
     ;;&
   bench) pkg+=([wrk]=wrk [python3]=python3) ;;
   test) ;;

@@ -34,6 +34,11 @@ pub struct Config {
     /// Where term, vote and boot epoch are persisted (fsync'd before any answer).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Start (and reload) even with a key file group or others may read, or a key file,
+    /// key directory or state directory owned by another user than root: warn instead
+    /// of refusing.
+    #[serde(default)]
+    pub allow_insecure_permissions: bool,
     /// UDP port for heartbeats, the same on every node.
     #[serde(default = "default_port")]
     pub port: u16,

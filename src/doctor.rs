@@ -430,26 +430,9 @@ pub fn check_key_file(path: &Path) -> Check {
         );
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Check::new(
-            Status::Fail,
-            name,
-            format!(
-                "{} has mode {mode:04o}: others can read the key and forge heartbeats; fix: chmod 600 {0}",
-                path.display()
-            ),
-        );
-    }
-    if meta.uid() != 0 {
-        return Check::new(
-            Status::Fail,
-            name,
-            format!(
-                "{} is owned by uid {}, not root; fix: chown root:root {0}",
-                path.display(),
-                meta.uid()
-            ),
-        );
+    // The daemon runs as root, and refuses what it would refuse (crate::perms).
+    if let Some(p) = crate::perms::key_problems(path, 0).into_iter().next() {
+        return Check::new(Status::Fail, name, p.to_string());
     }
     match std::fs::read_to_string(path) {
         Err(e) => Check::new(Status::Fail, name, format!("{}: {e}", path.display())),
@@ -629,6 +612,46 @@ pub fn check_peers(config: &Config) -> Vec<Check> {
 
 /// The VIP's interface: the configured one, else the one the daemon would pick (the
 /// interface holding the source address of the route to the first peer).
+/// Where `vip.placement` puts the VIP on this host, and whether the TUN device the
+/// process-owned device is made from opens here (`tun`, /dev/net/tun but for tests): a
+/// static pod that does not mount it falls back to the interface (WARN), or, with
+/// `placement = "device"`, cannot start (FAIL).
+pub fn check_placement(config: &Config, interface: &str, tun: &Path) -> Option<Check> {
+    let vip = config.vip.as_ref()?;
+    let ip = vip_of(config)?;
+    let name = "vip placement";
+    let r = crate::vip::resolve_placement_with(vip.placement, ip, interface, &vip.device, tun);
+    if r.tun_fallback {
+        return Some(Check::new(
+            Status::Warn,
+            name,
+            format!("interface: {}", r.reason),
+        ));
+    }
+    Some(match r.placement {
+        crate::vip::Placement::Device { name: dev } => match crate::vip::tun_available(tun) {
+            Ok(()) => Check::new(
+                Status::Ok,
+                name,
+                format!("device {dev} ({} opens): {}", tun.display(), r.reason),
+            ),
+            Err(e) => Check::new(
+                Status::Fail,
+                name,
+                format!(
+                    "device {dev}: {} cannot be opened ({e}), so the daemon cannot start; mount it (static pod: hostPath {0}, type CharDevice) or set vip.placement = \"auto\"",
+                    tun.display()
+                ),
+            ),
+        },
+        crate::vip::Placement::Interface => Check::new(
+            Status::Ok,
+            name,
+            format!("interface {interface}: {}", r.reason),
+        ),
+    })
+}
+
 pub fn vip_interface(config: &Config) -> Option<String> {
     let vip = config.vip.as_ref()?;
     if let Some(i) = &vip.interface {
@@ -777,7 +800,12 @@ pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
     ));
     if config.vip.is_some() {
         match vip_interface(config) {
-            Some(i) => r.checks.push(check_interface(&i)),
+            Some(i) => {
+                r.checks.push(check_interface(&i));
+                if let Some(c) = check_placement(config, &i, Path::new(crate::vip::TUN_PATH)) {
+                    r.checks.push(c);
+                }
+            }
             None => r.checks.push(Check::new(
                 Status::Fail,
                 "interface",
@@ -872,6 +900,50 @@ mod tests {
             Some("[::1]:443".parse().unwrap())
         );
         assert_eq!(url_addr("https://apiserver:6443/"), None);
+    }
+
+    fn vip_config(placement: &str) -> Config {
+        let text = format!(
+            "node_id = 1\n[vip]\naddress = \"192.0.2.100/24\"\ninterface = \"lo\"\nplacement = \"{placement}\"\n[[peers]]\nid = 1\naddress = \"192.0.2.11\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        crate::config::load(&crate::config::Sources {
+            file: Some(path),
+            env: vec![],
+            sets: vec![],
+        })
+        .unwrap()
+        .config
+    }
+
+    #[test]
+    fn placement_needs_an_openable_tun_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("tun");
+        let device = check_placement(&vip_config("device"), "lo", &missing).unwrap();
+        assert_eq!(device.status, Status::Fail, "{device:?}");
+        assert!(device.detail.contains("CharDevice"), "{}", device.detail);
+        let present = Path::new("/dev/null");
+        let device = check_placement(&vip_config("device"), "lo", present).unwrap();
+        assert_eq!(device.status, Status::Ok, "{device:?}");
+        let iface = check_placement(&vip_config("interface"), "lo", &missing).unwrap();
+        assert_eq!(iface.status, Status::Ok, "{iface:?}");
+        // auto picks the device only where arp_ignore is 0 on all and lo.
+        let arp0 = ["all", "lo"].iter().all(|s| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{s}/arp_ignore"))
+                .is_ok_and(|v| v.trim() == "0")
+        });
+        if arp0 {
+            let auto = check_placement(&vip_config("auto"), "lo", &missing).unwrap();
+            assert_eq!(auto.status, Status::Warn, "{auto:?}");
+            assert!(
+                auto.detail.starts_with("interface: auto:"),
+                "{}",
+                auto.detail
+            );
+        }
     }
 
     #[test]

@@ -547,6 +547,40 @@ fn unit(state: &mut u64) -> f64 {
 mod tests {
     use super::*;
 
+    /// The stand-in apiserver the tests and the demo use passes a verifying https check:
+    /// its written certificate names it, and the PEM file is usable as `ca_file`.
+    #[tokio::test]
+    async fn https_check_verifies_the_standins_written_certificate() {
+        use apivip_testkit::standin::{Standin, StandinArgs};
+        let dir = tempfile::tempdir().unwrap();
+        let a = StandinArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            sans: vec![],
+            cert_out: Some(dir.path().join("ca.pem")),
+            unready_file: None,
+            plain: false,
+            name: "t".into(),
+        };
+        let s = Standin::start(&a).await.unwrap();
+        assert!(s.cert_pem().unwrap().contains("BEGIN CERTIFICATE"));
+        let mut spec = HealthSpec::https_readyz(std::time::Duration::from_millis(50));
+        spec.kind = CheckKind::Https {
+            path: "/readyz".into(),
+            ca_file: a.cert_out.clone(),
+            server_name: None,
+        };
+        spec.rise = 1;
+        let p = Prober::spawn(s.local_addr(), spec).unwrap();
+        let mut rx = p.subscribe();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            rx.wait_for(|h| h.healthy),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+
     #[test]
     fn hysteresis_needs_rise_and_fall_in_a_row() {
         let mut h = Hysteresis::new(true, 2, 3);

@@ -43,19 +43,6 @@ enum Command {
     Status(StatusArgs),
     /// Move the VIP off this node (a failover drill) and report where it went and how long it took.
     Drill(DrillArgs),
-    /// A stand-in apiserver for tests, benches and the demo.
-    #[command(hide = true)]
-    Standin(apivip::standin::StandinArgs),
-    /// Build three nodes and a client in network namespaces, elect, move the VIP (drill,
-    /// SIGKILL) and print what happened and how long it took. Needs root; removes everything after.
-    Demo {
-        /// Run the demo on IPv6 (2001:db8::/64) instead of IPv4.
-        #[arg(long)]
-        ipv6: bool,
-        /// Timing profile: default, fast or strict.
-        #[arg(long, default_value = "default")]
-        profile: String,
-    },
     /// Print a deployment file: a kubelet static pod manifest or a systemd unit.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -337,21 +324,6 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
-        Command::Demo { ipv6, profile } => {
-            if apivip_proto::timing::Profile::from_name(&profile).is_none() {
-                anyhow::bail!("--profile {profile:?}: must be default, fast or strict");
-            }
-            apivip::demo::run(ipv6, &profile)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Standin(args) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(apivip::standin::run(args))?;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Manifest(m) => {
             let text = match m {
                 ManifestCommand::StaticPod(a) => apivip::manifest::static_pod(&a.options())?,

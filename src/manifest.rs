@@ -15,6 +15,9 @@ pub const DEFAULT_KEY: &str = "/etc/apivip/key";
 pub const STATE_DIR: &str = "/var/lib/apivip";
 /// The control socket's directory (`control.socket` defaults to a file in it).
 pub const RUN_DIR: &str = "/run/apivip";
+/// The TUN device the process-owned VIP device is made from. Container runtimes do not
+/// create it in a container's /dev, and without CAP_MKNOD the daemon cannot either.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -176,6 +179,11 @@ spec:
           mountPath: {state}
         - name: run
           mountPath: {run}
+        # vip.placement = "auto" puts an IPv4 VIP on a device only this process holds
+        # open, so a killed daemon's VIP vanishes at once. Without this device it falls
+        # back to the interface (and says so in its log, status and metrics).
+        - name: tun
+          mountPath: {tun}
   volumes:
 {file_volumes}    - name: state
       hostPath:
@@ -185,6 +193,10 @@ spec:
       hostPath:
         path: {run}
         type: DirectoryOrCreate
+    - name: tun
+      hostPath:
+        path: {tun}
+        type: CharDevice
 "#,
         version = env!("CARGO_PKG_VERSION"),
         config_c = o.config.display(),
@@ -195,6 +207,7 @@ spec:
         key = qp(&o.key),
         state = q(STATE_DIR),
         run = q(RUN_DIR),
+        tun = q(TUN_DEVICE),
         metrics = q(&o.metrics.to_string()),
         file_mounts = mounts(&dirs),
         file_volumes = volumes(&dirs),

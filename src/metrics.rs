@@ -110,6 +110,7 @@ pub struct Metrics {
     state_failures: Counter,
     terms_refused: Counter,
     fd_limit: Gauge,
+    placement_fallback: Gauge,
     dynamic: Arc<Dynamic>,
     started: Instant,
 }
@@ -197,6 +198,12 @@ impl Metrics {
             "RLIMIT_NOFILE after start-up raised it to the hard limit",
             fd_limit.clone(),
         );
+        let placement_fallback = Gauge::default();
+        registry.register(
+            "vip_placement_fallback",
+            "1 when vip.placement = auto put the VIP on the interface because /dev/net/tun could not be opened",
+            placement_fallback.clone(),
+        );
         registry.register(
             "build",
             "The running apivip version",
@@ -235,6 +242,7 @@ impl Metrics {
             state_failures,
             terms_refused,
             fd_limit,
+            placement_fallback,
             dynamic,
             started: Instant::now(),
         })
@@ -338,6 +346,10 @@ impl Metrics {
 
     pub fn set_fd_limit(&self, limit: u64) {
         self.fd_limit.set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_vip_placement_fallback(&self, fallback: bool) {
+        self.placement_fallback.set(i64::from(fallback));
     }
 
     /// Replaces the forwarder's per-backend figures with a fresh snapshot.

@@ -131,26 +131,73 @@ impl VipError {
 }
 
 type Result<T, E = VipError> = std::result::Result<T, E>;
+/// The device TUN devices are made from.
+pub const TUN_PATH: &str = "/dev/net/tun";
+
+/// Where the VIP goes and why, for `status` and the start-up log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub placement: Placement,
+    pub reason: String,
+    /// `auto` would have chosen the process-owned device, but the TUN device cannot be
+    /// opened (a pod that does not mount /dev/net/tun): the VIP goes on the interface,
+    /// and a SIGKILLed daemon's VIP lingers for its lifetime instead of vanishing.
+    pub tun_fallback: bool,
+}
+
+/// Opens and closes the TUN device: what creating a process-owned device needs first.
+pub fn tun_available(path: &std::path::Path) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(drop)
+}
+
 /// Chooses the placement from the configured one and reports why, for `status`.
 ///
 /// `Auto` picks `Device` only for IPv4 and only when both `all` and the interface's
 /// `arp_ignore` are 0: the kernel uses the larger of the two, and with anything above 0
 /// it would not answer ARP on the interface for an address held on another device.
 /// IPv6 neighbour discovery answers only for addresses on the receiving interface, so an
-/// IPv6 VIP is always on the interface.
+/// IPv6 VIP is always on the interface. And `Auto` picks `Device` only when the TUN
+/// device opens: a container without /dev/net/tun falls back to the interface (loudly,
+/// see [`Resolved::tun_fallback`]) rather than fail to start.
 pub fn resolve_placement(
     configured: config::Placement,
     ip: IpAddr,
     interface: &str,
     device: &str,
-) -> (Placement, String) {
+) -> Resolved {
+    resolve_placement_with(
+        configured,
+        ip,
+        interface,
+        device,
+        std::path::Path::new(TUN_PATH),
+    )
+}
+
+/// [`resolve_placement`] with the TUN device at `tun` (tests point it elsewhere).
+pub fn resolve_placement_with(
+    configured: config::Placement,
+    ip: IpAddr,
+    interface: &str,
+    device: &str,
+    tun: &std::path::Path,
+) -> Resolved {
+    let done = |placement, reason: String| Resolved {
+        placement,
+        reason,
+        tun_fallback: false,
+    };
     let device = Placement::Device {
         name: device.to_string(),
     };
     match configured {
-        config::Placement::Interface => (Placement::Interface, "configured: interface".into()),
-        config::Placement::Device => (device, "configured: device".into()),
-        config::Placement::Auto if ip.is_ipv6() => (
+        config::Placement::Interface => done(Placement::Interface, "configured: interface".into()),
+        config::Placement::Device => done(device, "configured: device".into()),
+        config::Placement::Auto if ip.is_ipv6() => done(
             Placement::Interface,
             "auto: IPv6 VIPs live on the interface (neighbour discovery answers only there)".into(),
         ),
@@ -162,14 +209,27 @@ pub fn resolve_placement(
                     .and_then(|s| s.trim().parse::<u32>().map_err(|e| format!("{path}: {e}")))
             };
             match (read("all"), read(interface)) {
-                (Ok(0), Ok(0)) => (
-                    device,
-                    format!(
-                        "auto: arp_ignore is 0 on all and {interface}, so a process-owned device \
-                         is reachable and vanishes with the process"
+                (Ok(0), Ok(0)) => match tun_available(tun) {
+                    Ok(()) => done(
+                        device,
+                        format!(
+                            "auto: arp_ignore is 0 on all and {interface}, so a process-owned device \
+                             is reachable and vanishes with the process"
+                        ),
                     ),
-                ),
-                (Ok(a), Ok(i)) => (
+                    Err(e) => Resolved {
+                        placement: Placement::Interface,
+                        reason: format!(
+                            "auto: {} cannot be opened ({e}), so the VIP goes on the interface \
+                             instead of a process-owned device, and a killed daemon's VIP stays \
+                             until its lifetime runs out; mount the device (static pod: hostPath \
+                             {0}, type CharDevice)",
+                            tun.display()
+                        ),
+                        tun_fallback: true,
+                    },
+                },
+                (Ok(a), Ok(i)) => done(
                     Placement::Interface,
                     format!(
                         "auto: arp_ignore is {} (all={a}, {interface}={i}): ARP would not be answered \
@@ -177,7 +237,7 @@ pub fn resolve_placement(
                         a.max(i)
                     ),
                 ),
-                (Err(e), _) | (_, Err(e)) => (
+                (Err(e), _) | (_, Err(e)) => done(
                     Placement::Interface,
                     format!("auto: cannot read arp_ignore ({e}), using the interface"),
                 ),
@@ -801,25 +861,26 @@ mod tests {
 
     #[test]
     fn ipv6_is_always_on_the_interface() {
-        let (p, why) = resolve_placement(
+        let r = resolve_placement(
             config::Placement::Auto,
             "2001:db8::100".parse().unwrap(),
             "eth0",
             "apivip0",
         );
-        assert_eq!(p, Placement::Interface);
-        assert!(why.contains("IPv6"), "{why}");
+        assert_eq!(r.placement, Placement::Interface);
+        assert!(r.reason.contains("IPv6"), "{}", r.reason);
+        assert!(!r.tun_fallback);
     }
 
     #[test]
     fn configured_placement_wins() {
         let ip = "192.0.2.100".parse().unwrap();
         assert_eq!(
-            resolve_placement(config::Placement::Interface, ip, "eth0", "apivip0").0,
+            resolve_placement(config::Placement::Interface, ip, "eth0", "apivip0").placement,
             Placement::Interface
         );
         assert_eq!(
-            resolve_placement(config::Placement::Device, ip, "eth0", "apivip0").0,
+            resolve_placement(config::Placement::Device, ip, "eth0", "apivip0").placement,
             Placement::Device {
                 name: "apivip0".into()
             }
@@ -828,13 +889,58 @@ mod tests {
 
     #[test]
     fn auto_without_the_interface_falls_back_and_says_why() {
-        let (p, why) = resolve_placement(
+        let r = resolve_placement(
             config::Placement::Auto,
             "192.0.2.100".parse().unwrap(),
             "no-such-if0",
             "apivip0",
         );
-        assert_eq!(p, Placement::Interface);
-        assert!(why.contains("no-such-if0"), "{why}");
+        assert_eq!(r.placement, Placement::Interface);
+        assert!(r.reason.contains("no-such-if0"), "{}", r.reason);
+    }
+
+    /// A pod without /dev/net/tun: `auto` keeps the daemon running on the interface and
+    /// says so, where it used to choose the device and crash-loop on opening it.
+    #[test]
+    fn auto_without_a_tun_device_falls_back_to_the_interface_loudly() {
+        let arp_ignore = |scope: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{scope}/arp_ignore"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+        };
+        // Only where `auto` would choose the device: arp_ignore 0 on all and lo.
+        if arp_ignore("all") != Some(0) || arp_ignore("lo") != Some(0) {
+            eprintln!("SKIP: arp_ignore is not 0 here, so auto never picks the device");
+            return;
+        }
+        let ip = "192.0.2.100".parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("tun");
+        let r = resolve_placement_with(config::Placement::Auto, ip, "lo", "apivip0", &missing);
+        assert_eq!(r.placement, Placement::Interface);
+        assert!(r.tun_fallback);
+        assert!(
+            r.reason.contains(&missing.display().to_string()) && r.reason.contains("CharDevice"),
+            "{}",
+            r.reason
+        );
+        // A device that opens (any read-write character device stands in for it here).
+        let r = resolve_placement_with(
+            config::Placement::Auto,
+            ip,
+            "lo",
+            "apivip0",
+            std::path::Path::new("/dev/null"),
+        );
+        assert_eq!(
+            r.placement,
+            Placement::Device {
+                name: "apivip0".into()
+            }
+        );
+        assert!(!r.tun_fallback);
+        // `interface` and `device` are what the operator asked for: never a fallback.
+        let r = resolve_placement_with(config::Placement::Interface, ip, "lo", "apivip0", &missing);
+        assert!(!r.tun_fallback);
     }
 }

@@ -573,6 +573,7 @@ fn a_timing_change_waits_until_every_member_speaks_2() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
     std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    chmod(&key, 0o600);
     let key = format!("key_file={}", key.display());
     let with = |profile: &str| cfg_with(THREE, &[&format!("election.profile={profile}"), &key]);
     let mut r = rig(THREE, true);
@@ -618,6 +619,48 @@ fn a_timing_change_waits_until_every_member_speaks_2() {
         Duration::from_millis(2200),
         "the longer promise was not recorded first"
     );
+}
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Issue 10: a SIGHUP whose key file group or others may read is refused, naming the file
+/// and its mode, and the running config stays; `allow_insecure_permissions` lets it
+/// through.
+#[test]
+fn a_reload_with_a_key_others_can_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    chmod(&key, 0o644);
+    let key_set = format!("key_file={}", key.display());
+    let mut r = rig(THREE, true);
+    let before = r.d.config().election.preempt;
+    let flip = format!("election.preempt={}", !before);
+    let err =
+        r.d.reload_config(cfg_with(THREE, &[&key_set, &flip]))
+            .expect_err("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&key.display().to_string()) && msg.contains("mode 0644"),
+        "{msg}"
+    );
+    assert_eq!(
+        r.d.config().election.preempt,
+        before,
+        "the running config stays"
+    );
+    r.d.reload_config(cfg_with(
+        THREE,
+        &[&key_set, &flip, "allow_insecure_permissions=true"],
+    ))
+    .expect("the override lets it through");
+    assert_eq!(r.d.config().election.preempt, !before);
+    chmod(&key, 0o600);
+    r.d.reload_config(cfg_with(THREE, &[&key_set]))
+        .expect("a private key reloads");
 }
 
 /// A node that ran a slower timing before it restarted (its promises then lasted up to

@@ -141,3 +141,124 @@ fn single_node_bootstrap_holds() {
         );
     }
 }
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `apivip run` once, to its end: (success, stderr).
+fn run_once(c: &Cluster, env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(c.config_path(1))
+        .arg("--fake-vip-dir")
+        .arg(c.vip_dir())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 10: a key file group or others may read is refused at start, naming the file and
+/// its mode; a SIGHUP while it is so keeps the running config and the VIP; and with
+/// `allow_insecure_permissions` the daemon runs, warning.
+#[test]
+fn a_key_others_can_read_is_refused_at_start_and_on_reload() {
+    let mut c = Cluster::new(1, "");
+    let key = c.dir.path().join("key");
+    chmod(&key, 0o644);
+    let (ok, err) = run_once(&c, &[]);
+    assert!(!ok, "started with a key others can read: {err}");
+    assert!(
+        err.contains(&common::path_str(&key)) && err.contains("mode 0644"),
+        "{err}"
+    );
+
+    chmod(&key, 0o600);
+    c.start(1);
+    c.wait_single_holder(None, Duration::from_secs(5));
+    chmod(&key, 0o640);
+    c.signal(1, "HUP");
+    let start = std::time::Instant::now();
+    while !c.log(1).contains("config reload rejected") {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", c.log(1));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(c.log(1).contains("mode 0640"), "{}", c.log(1));
+    assert_eq!(c.holders(), vec![1], "a refused reload keeps the VIP");
+    assert_eq!(c.status_json(1)["role"], "leader");
+    chmod(&key, 0o600);
+    c.signal(1, "HUP");
+    let start = std::time::Instant::now();
+    while !c.log(1).contains("config reloaded") {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", c.log(1));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.signal(1, "TERM");
+    assert_eq!(
+        c.wait_exit(1, Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        c.log(1)
+    );
+
+    // The override, as a pod or unit would set it: runs, and says what it overlooks.
+    chmod(&key, 0o644);
+    c.start_env(1, &[("APIVIP_ALLOW_INSECURE_PERMISSIONS", "true")]);
+    c.wait_single_holder(None, Duration::from_secs(5));
+    let log = c.log(1);
+    assert!(
+        log.contains("allow_insecure_permissions") && log.contains("mode 0644"),
+        "{log}"
+    );
+    c.signal(1, "TERM");
+    assert_eq!(
+        c.wait_exit(1, Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        c.log(1)
+    );
+}
+
+/// Issue 10: run as root, a state directory another user owns is refused (that user
+/// could rewrite the term and vote the election's safety rests on).
+#[test]
+fn a_state_directory_another_user_owns_is_refused() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root; this test needs it to chown"
+        );
+        eprintln!("SKIP (not root): cannot chown the state directory");
+        return;
+    }
+    let mut c = Cluster::new(1, "");
+    let state = c.dir.path().join("n1/state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), None).unwrap();
+    let (ok, err) = run_once(&c, &[]);
+    assert!(!ok, "started with a state directory nobody owns: {err}");
+    assert!(
+        err.contains("state_dir")
+            && err.contains(&common::path_str(&state))
+            && err.contains("uid 65534"),
+        "{err}"
+    );
+    // The override runs it, warning.
+    c.start_env(1, &[("APIVIP_ALLOW_INSECURE_PERMISSIONS", "true")]);
+    c.wait_single_holder(None, Duration::from_secs(5));
+    let log = c.log(1);
+    assert!(log.contains("WARN") && log.contains("uid 65534"), "{log}");
+    c.signal(1, "TERM");
+    assert_eq!(
+        c.wait_exit(1, Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        c.log(1)
+    );
+}

@@ -16,8 +16,10 @@
 //!   so does a command with the word `sudo`, which the test removes. Without root those
 //!   commands are skipped (and it says so), except under `CI=true`, where CI is root and a
 //!   skip would hide a broken doc: then the test fails.
-//! - `make demo` is run as `apivip demo` (the binary cargo built for this test; a nested
-//!   `cargo build` would wait for the lock this `cargo test` holds).
+//! - `make demo` is run as `target/debug/apivip-demo` (a nested `cargo build` would wait
+//!   for the lock this `cargo test` holds), and `target/debug/` means the directory cargo
+//!   built this test's `apivip` in, where `make test` also builds the testkit's
+//!   `apivip-demo` and `apivip-standin`.
 //! - Nothing touches the host: the paths `/etc/apivip`, `/var/lib/apivip` and `/run/apivip`
 //!   are rewritten into a temporary directory (and `APIVIP_KEY_FILE`, `APIVIP_STATE_DIR`,
 //!   `APIVIP_CONTROL__SOCKET` and `APIVIP_SOCKET` point there, so the defaults do
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 /// A whole document's commands must finish within this.
 const DOC_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// One document at a time: both run `apivip demo`, whose timings are the point, and a
+/// One document at a time: both run `apivip-demo`, whose timings are the point, and a
 /// second cluster on the same two cores would only make them noisier.
 static ONE_DOC_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -155,13 +157,14 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The command as the test runs it: sudo removed, `make demo` as `apivip demo`, host
-/// paths and the namespace name moved to this run's own.
-fn rewrite(text: &str, tmp: &Path, netns: &str) -> String {
+/// The command as the test runs it: sudo removed, `make demo` as `target/debug/apivip-demo`,
+/// `target/debug/` as `bin_dir`, host paths and the namespace name moved to this run's own.
+fn rewrite(text: &str, tmp: &Path, netns: &str, bin_dir: &Path) -> String {
     let mut t = text.to_string();
     if let Some(rest) = t.trim_start().strip_prefix("make demo") {
-        t = format!("apivip demo{rest}");
+        t = format!("target/debug/apivip-demo{rest}");
     }
+    t = t.replace("target/debug/", &format!("{}/", bin_dir.display()));
     assert!(
         !has_word(&t, "make"),
         "a doc command runs make; mark it `{NOT_RUN} <why>` or add it to rewrite(): {text}"
@@ -205,9 +208,13 @@ fn run_doc(name: &str) {
         std::fs::create_dir_all(tmp.path().join(d)).unwrap();
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_apivip"));
+    let bin_dir = bin.parent().unwrap();
+    for tool in ["apivip-demo", "apivip-standin"] {
+        apivip_testkit::bin_beside(bin, tool).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
     let path = format!(
         "{}:{}",
-        bin.parent().unwrap().display(),
+        bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
 
@@ -227,7 +234,7 @@ fn run_doc(name: &str) {
             eprintln!("{name}:{}: skipped (needs root)", c.line);
             continue;
         }
-        let text = rewrite(&c.text, tmp.path(), &netns);
+        let text = rewrite(&c.text, tmp.path(), &netns, bin_dir);
         let background = text.trim_end().ends_with('&');
         let _ = writeln!(script, "echo '@@@ begin {}'", c.line);
         let _ = writeln!(script, "{text}");
@@ -342,13 +349,15 @@ fn the_convention_is_parsed_as_documented() {
     assert_eq!(c[2].expect, Expect::Failure);
     assert!(c[2].needs_root);
     assert!(c[3].text.ends_with("k = 1\nEOF"), "{:?}", c[3].text);
-    let r = rewrite(&c[3].text, Path::new("/tmp/x"), "ns");
+    let bd = Path::new("/b");
+    let r = rewrite(&c[3].text, Path::new("/tmp/x"), "ns", bd);
     assert!(r.starts_with("tee /tmp/x/etc/apivip/x <<'EOF'"), "{r}");
     assert_eq!(
         rewrite(
             "head -c 32 /dev/urandom | sudo tee /etc/apivip/key",
             Path::new("/t"),
-            "n"
+            "n",
+            bd
         ),
         "head -c 32 /dev/urandom | tee /t/etc/apivip/key"
     );
@@ -356,9 +365,17 @@ fn the_convention_is_parsed_as_documented() {
         rewrite(
             "sudo ip netns add apivip-try",
             Path::new("/t"),
-            "apivip-try-7"
+            "apivip-try-7",
+            bd
         ),
         "ip netns add apivip-try-7"
     );
-    assert_eq!(rewrite("make demo", Path::new("/t"), "n"), "apivip demo");
+    assert_eq!(
+        rewrite("make demo", Path::new("/t"), "n", bd),
+        "/b/apivip-demo"
+    );
+    assert_eq!(
+        rewrite("target/debug/apivip-demo --ipv6", Path::new("/t"), "n", bd),
+        "/b/apivip-demo --ipv6"
+    );
 }

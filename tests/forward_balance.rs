@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apivip::forward::{BackendHealth, BackendSpec};
 use apivip::health::{CheckKind, HealthSpec};
-use apivip::standin::{Standin, StandinArgs};
+use apivip_testkit::standin::{Standin, StandinArgs};
 use forward_support::*;
 use tokio::io::AsyncWriteExt;
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use apivip::standin::{Standin, StandinArgs, http_get};
+use apivip_testkit::standin::{Standin, StandinArgs, http_get};
 use forward_support::*;
 use tokio::net::TcpStream;
 
@@ -252,42 +252,6 @@ async fn proxy_only_binary_serves_and_drains_on_sigterm() {
     let log = log.join().unwrap().join("\n");
     assert!(status.success(), "{status:?}\n{log}");
     assert!(log.contains("forwarder drained"), "{log}");
-}
-
-#[test]
-fn standin_cli_prints_its_address_and_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = dir.path().join("cert.pem");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apivip"))
-        .args(["standin", "--listen", "127.0.0.1:0", "--san", "192.0.2.100"])
-        .arg("--san")
-        .arg("localhost")
-        .arg("--cert-out")
-        .arg(&pem)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(line.starts_with("listening on 127.0.0.1:"), "{line}");
-    let text = std::fs::read_to_string(&pem).unwrap();
-    assert!(text.contains("BEGIN CERTIFICATE"));
-    if have("openssl") {
-        let out = Command::new("openssl")
-            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-            .arg(&pem)
-            .output()
-            .unwrap();
-        let sans = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            sans.contains("IP Address:192.0.2.100") && sans.contains("DNS:localhost"),
-            "{sans}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

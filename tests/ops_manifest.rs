@@ -341,6 +341,17 @@ fn the_static_pod_is_a_valid_pod_with_the_required_settings() {
             )
         })
         .collect();
+    let types: BTreeMap<_, _> = spec["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["hostPath"]["path"].as_str().unwrap(),
+                v["hostPath"]["type"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
     let mut mounted = BTreeMap::new();
     for m in c["volumeMounts"].as_vec().unwrap() {
         let name = m["name"].as_str().unwrap();
@@ -360,6 +371,10 @@ fn the_static_pod_is_a_valid_pod_with_the_required_settings() {
     assert!(!mounted.contains_key("/etc/apivip/config.toml"));
     assert!(!mounted["/var/lib/apivip"]);
     assert!(!mounted["/run/apivip"]);
+    // The process-owned VIP device needs the TUN device, which no runtime puts in a
+    // container's /dev and which the pod (without CAP_MKNOD) cannot make.
+    assert!(mounted.contains_key("/dev/net/tun"), "{mounted:?}");
+    assert_eq!(types["/dev/net/tun"], "CharDevice");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use apivip::testbed::{Testbed, TestbedSpec};
+use apivip_testkit::testbed::{Testbed, TestbedSpec};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_apivip");
 /// How often the watchers sample the kernel's holders (the 10 ms).

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use apivip::netns::{Node, Topology, TopologySpec, in_netns};
+use apivip_testkit::netns::{Node, Topology, TopologySpec, in_netns};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const ETH_P_ARP: u16 = 0x0806;

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use apivip_proto::election::{
     Action, Admin, Event, Member, Node, NodeConfig, Notice, Persisted, Quorum as ElQuorum,
-    RoleName, Rules, VipState,
+    RoleName, VipState,
 };
 use apivip_proto::message::{Body, Message, NodeId};
 use apivip_proto::{Instant, Keyring};
@@ -96,7 +96,6 @@ pub fn node_config(cfg: &Config) -> Result<NodeConfig> {
     };
     n.preempt = cfg.election.preempt;
     n.preempt_delay = cfg.election.preempt_delay;
-    n.rules = Rules::ALL;
     n.protocol = cfg.election.protocol;
     n.validate().map_err(|e| anyhow!("election config: {e}"))?;
     Ok(n)
@@ -108,6 +107,16 @@ pub fn peer_addrs(cfg: &Config) -> BTreeMap<u32, SocketAddr> {
         cfg.node_id,
         cfg.port,
     )
+}
+
+/// Reads the config's key file after checking who may read it and its directory
+/// ([`crate::perms`]), naming the file in every error.
+pub fn load_keys_checked(cfg: &Config) -> Result<Keyring> {
+    crate::perms::enforce(
+        crate::perms::key_problems(&cfg.key_file, crate::perms::euid()),
+        cfg.allow_insecure_permissions,
+    )?;
+    load_keys(&cfg.key_file)
 }
 
 /// Reads the key file, naming it in every error.
@@ -715,7 +724,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
                     .map_err(|e| anyhow!("cannot record the longer promise: {e}"))?;
             }
         }
-        let keys = load_keys(&new.key_file)?;
+        let keys = load_keys_checked(&new)?;
         if let Some(f) = &self.forwarder {
             let health = crate::forward::settings::health(&new);
             let change = (health != crate::forward::settings::health(&self.cfg)).then_some(health);
@@ -880,6 +889,7 @@ const REFUSED: &[&str] = &[
 ];
 /// Fields SIGHUP applies (prefixes).
 const APPLIED: &[&str] = &[
+    "allow_insecure_permissions",
     "peers",
     "election.",
     "key_file",

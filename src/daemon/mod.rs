@@ -29,7 +29,7 @@ use crate::metrics::{Metrics, Readiness};
 use crate::state::Store;
 use clock::{BootClock, Clock};
 use driver::{Driver, Parts, peer_addrs};
-pub use driver::{load_keys, node_config};
+pub use driver::{load_keys, load_keys_checked, node_config};
 use vipctl::{HoldGate, VipDone};
 
 /// The loop wakes at least this often, so a suspended machine's BOOTTIME jump is noticed
@@ -42,6 +42,8 @@ const EXIT_RELEASE: Duration = Duration::from_secs(2);
 pub struct VipSetup {
     pub backend: vipctl::Backend,
     pub report: VipReport,
+    /// `auto` fell back to the interface for want of /dev/net/tun.
+    pub tun_fallback: bool,
 }
 
 /// Everything `run` needs besides the config.
@@ -71,14 +73,21 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
         })?
         .clone();
     node_config(&cfg)?;
-    let keys = load_keys(&cfg.key_file)?;
+    let keys = load_keys_checked(&cfg)?;
     let mut store = Store::open(&cfg.state_dir)?;
+    crate::perms::enforce(
+        crate::perms::state_dir_problems(&cfg.state_dir, crate::perms::euid()),
+        cfg.allow_insecure_permissions,
+    )?;
     let epoch = store.begin_epoch()?;
     let mut codec = Codec::new(ClusterId::from_name(&cfg.cluster), cfg.node_id, epoch, keys);
     codec.set_max_version(cfg.election.protocol);
     let silence_floor = Duration::from_millis(store.state().promise_ms);
     let local = std::net::SocketAddr::new(me.address, cfg.port);
 
+    setup
+        .metrics
+        .set_vip_placement_fallback(setup.vip.tun_fallback);
     let clock: Arc<dyn Clock> = Arc::new(BootClock::start());
     let gate = Arc::new(HoldGate::new(clock.clone()));
     let worker = vipctl::spawn(setup.vip.backend, gate.clone())
@@ -243,6 +252,7 @@ pub fn marker_vip(dir: PathBuf, cfg: &Config) -> VipSetup {
             placement_reason: format!("test stand-in: a file in {}", dir.display()),
             state: String::new(),
         },
+        tun_fallback: false,
     }
 }
 
@@ -273,8 +283,26 @@ pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
             })?
         }
     };
-    let (placement, reason) =
-        crate::vip::resolve_placement(v.placement, addr, &interface, &v.device);
+    let crate::vip::Resolved {
+        placement,
+        reason,
+        tun_fallback,
+    } = crate::vip::resolve_placement(v.placement, addr, &interface, &v.device);
+    if tun_fallback {
+        tracing::warn!(
+            reason = %reason,
+            "vip.placement = auto: no TUN device, so the VIP goes on the interface; mount {} into the pod to get the process-owned device back",
+            crate::vip::TUN_PATH
+        );
+    }
+    if let crate::vip::Placement::Device { name } = &placement
+        && let Err(e) = crate::vip::tun_available(std::path::Path::new(crate::vip::TUN_PATH))
+    {
+        anyhow::bail!(
+            "vip.placement = \"device\" ({name}) needs {}, which cannot be opened: {e}; mount it into the pod (hostPath, type CharDevice), or set vip.placement = \"auto\" or \"interface\"",
+            crate::vip::TUN_PATH
+        );
+    }
     let placement_name = match &placement {
         crate::vip::Placement::Interface => "interface".to_string(),
         crate::vip::Placement::Device { name } => format!("device {name}"),
@@ -302,5 +330,6 @@ pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
             placement_reason: reason,
             state: String::new(),
         },
+        tun_fallback,
     })
 }

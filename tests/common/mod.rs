@@ -90,6 +90,11 @@ impl Cluster {
     }
 
     pub fn start(&mut self, id: u32) {
+        self.start_env(id, &[]);
+    }
+
+    /// [`Cluster::start`] with extra environment variables (`APIVIP_*` overrides).
+    pub fn start_env(&mut self, id: u32, env: &[(&str, &str)]) {
         let log =
             std::fs::File::create(self.dir.path().join(format!("node{id}.log"))).expect("log");
         let child = Command::new(BIN)
@@ -98,6 +103,7 @@ impl Cluster {
             .arg("--fake-vip-dir")
             .arg(self.vip_dir())
             .env("APIVIP_LOG_LEVEL", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

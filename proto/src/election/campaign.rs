@@ -12,12 +12,12 @@ impl Node {
         self.term < MAX_TERM
             && self.can_lead(now)
             && self.vip == VipState::Released
-            && !(self.cfg.rules.promise_check && self.promise_active(now))
+            && !(self.cfg.rules().promise_check && self.promise_active(now))
     }
 
     pub(super) fn on_election_timeout(&mut self, now: Instant) {
         if self.may_campaign(now) {
-            if self.cfg.rules.prevote {
+            if self.cfg.rules().prevote {
                 self.start_prevote(now);
             } else {
                 self.become_candidate(now, None);
@@ -114,7 +114,7 @@ impl Node {
     fn prevote_won(&mut self, now: Instant) {
         // Rule M2's re-check: a heartbeat accepted since the round began renewed our
         // promise to the leader; campaigning now would break it.
-        let blocked = if self.cfg.rules.prevote_recheck {
+        let blocked = if self.cfg.rules().prevote_recheck {
             !self.may_campaign(now)
         } else {
             !self.can_lead(now)
@@ -141,7 +141,7 @@ impl Node {
         self.voted_for = Some(self.cfg.id);
         self.leader = None;
         self.after_release = AfterRelease::Nothing;
-        self.resume_at = None;
+        self.forget_resume();
         self.persist();
         let t = self.election_timeout();
         self.role = Role::Candidate(Campaign {

@@ -27,7 +27,9 @@ pub enum Quorum {
 
 /// The safety rules, each of which the simulator shows to be necessary: turning one off
 /// lets some schedule put the VIP on two nodes at once (or, for the liveness rules, leave
-/// it on none). Only tests turn them off; the daemon always runs with [`Rules::ALL`].
+/// it on none). Only tests turn them off: the switches exist only in this crate's tests
+/// and with the `sim` feature; every other build (the daemon's) runs [`Rules::ALL`],
+/// a constant the compiler folds away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rules {
     /// Voters refuse while their promise to a leader runs (and do not adopt the term).
@@ -68,6 +70,7 @@ pub struct Rules {
     pub acker_promises: bool,
 }
 
+#[cfg(any(test, feature = "sim"))]
 impl Rules {
     /// Every rule's field name, for tools that turn rules off by name.
     pub const NAMES: [&'static str; 15] = [
@@ -111,7 +114,9 @@ impl Rules {
         *flag = false;
         Some(self)
     }
+}
 
+impl Rules {
     pub const ALL: Rules = Rules {
         promise_check: true,
         lease_check: true,
@@ -148,6 +153,8 @@ pub struct NodeConfig {
     /// `preempt_delay`.
     pub preempt: bool,
     pub preempt_delay: Duration,
+    /// Test-only switches for the safety rules (the simulator's experiments).
+    #[cfg(any(test, feature = "sim"))]
     pub rules: Rules,
     /// The highest protocol version this node speaks: 2 sends promises in acks and uses
     /// them; 1 behaves as the previous release (for rolling upgrades and their tests).
@@ -183,6 +190,7 @@ impl NodeConfig {
             quorum: Quorum::Majority,
             preempt: true,
             preempt_delay: Duration::from_secs(3),
+            #[cfg(any(test, feature = "sim"))]
             rules: Rules::ALL,
             protocol: crate::wire::VERSION_MAX,
             silence_floor: Duration::ZERO,
@@ -211,6 +219,19 @@ impl NodeConfig {
             return Err(NodeConfigError::Protocol(self.protocol));
         }
         Ok(())
+    }
+
+    /// The safety rules in force: all of them, except in the simulator's experiments.
+    #[inline]
+    pub(crate) fn rules(&self) -> Rules {
+        #[cfg(any(test, feature = "sim"))]
+        {
+            self.rules
+        }
+        #[cfg(not(any(test, feature = "sim")))]
+        {
+            Rules::ALL
+        }
     }
 
     pub fn is_member(&self, id: NodeId) -> bool {

@@ -64,7 +64,7 @@ impl LeaderState {
 
     /// The leader may hold the VIP: `now + d < lease_until`.
     pub(super) fn lease_valid(&self, now: Instant, cfg: &NodeConfig) -> bool {
-        if !cfg.rules.lease_check {
+        if !cfg.rules().lease_check {
             return true;
         }
         self.lease_until
@@ -74,7 +74,7 @@ impl LeaderState {
     /// The lease's ack round is recent enough to start a kernel lifetime from (Rule 6):
     /// the lifetime runs from now, the followers' promises from their acks.
     fn fresh(&self, now: Instant, cfg: &NodeConfig) -> bool {
-        if !cfg.rules.fresh_refresh || !cfg.rules.lease_check {
+        if !cfg.rules().fresh_refresh || !cfg.rules().lease_check {
             return true;
         }
         self.sent_at(self.lease_seq)
@@ -85,14 +85,14 @@ impl LeaderState {
         let mut d = Vec::with_capacity(4);
         if self.transfer.is_none() {
             d.push(self.next_heartbeat);
-            if cfg.rules.lease_check {
+            if cfg.rules().lease_check {
                 d.push(
                     self.lease_until.unwrap_or(self.since).max(self.since)
                         + cfg.timing.election_max,
                 );
             }
         }
-        if cfg.rules.lease_check
+        if cfg.rules().lease_check
             && matches!(vip, VipState::Held | VipState::Claiming)
             && let Some(l) = self.lease_until
         {
@@ -111,12 +111,12 @@ impl LeaderState {
 
 impl Node {
     pub(super) fn become_leader(&mut self, now: Instant) {
-        if self.cfg.rules.no_resume_after_transfer && self.transferred_in == Some(self.term) {
+        if self.cfg.rules().no_resume_after_transfer && self.transferred_in == Some(self.term) {
             return;
         }
         self.leader = Some(self.cfg.id);
         self.promise = None;
-        self.resume_at = None;
+        self.forget_resume();
         self.role = Role::Leader(Box::new(LeaderState::new(now)));
         // Rule 1: no VIP yet; the first heartbeat's majority ack makes the lease.
         self.send_heartbeat(now);
@@ -156,7 +156,7 @@ impl Node {
         if term > self.term {
             if self.cfg.quorum == Quorum::TwoNode {
                 self.two_node_conflict(now, from, term, ack.priority);
-            } else if self.cfg.rules.hold_against_stale_terms
+            } else if self.cfg.rules().hold_against_stale_terms
                 && !ack.accepted
                 && matches!(&self.role, Role::Leader(l) if l.lease_valid(now, &self.cfg))
             {
@@ -176,7 +176,7 @@ impl Node {
         };
         let t = &self.cfg.timing;
         let lease = match ack.promise {
-            Some(p) if self.cfg.protocol >= 2 && self.cfg.rules.acker_promises => {
+            Some(p) if self.cfg.protocol >= 2 && self.cfg.rules().acker_promises => {
                 t.lease.min(t.lease_backed_by(p))
             }
             // A protocol-1 acker: it runs the timing this leader runs (timing changes
@@ -235,7 +235,7 @@ impl Node {
     /// heartbeat counts for earlier ones: its promise started later.
     fn recompute_lease(&mut self) {
         let q = self.cfg.quorum_size();
-        let rules = self.cfg.rules;
+        let rules = self.cfg.rules();
         let lease = self.cfg.timing.lease;
         let Role::Leader(l) = &mut self.role else {
             return;
@@ -273,7 +273,7 @@ impl Node {
         }
         let Role::Leader(l) = &self.role else { return };
         let e_max = self.cfg.timing.election_max;
-        let quorumless = self.cfg.rules.lease_check
+        let quorumless = self.cfg.rules().lease_check
             && !l.lease_valid(now, &self.cfg)
             && now >= l.lease_until.unwrap_or(l.since).max(l.since) + e_max;
         if quorumless && l.transfer.is_none() {
@@ -362,7 +362,7 @@ impl Node {
         if self.vip == VipState::Released {
             self.vip = VipState::Releasing;
             self.on_vip_released(now);
-        } else if !self.cfg.rules.release_before_vote {
+        } else if !self.cfg.rules().release_before_vote {
             // The bug Rule 3 prevents: hand over while the kernel may still hold the VIP.
             let pending = std::mem::replace(&mut self.after_release, AfterRelease::Nothing);
             let vip = self.vip;
@@ -477,7 +477,7 @@ impl Node {
         their_term: Term,
         their_priority: Priority,
     ) {
-        if !self.cfg.rules.two_node_tiebreak {
+        if !self.cfg.rules().two_node_tiebreak {
             if their_term > self.term {
                 self.adopt_term(their_term);
             }

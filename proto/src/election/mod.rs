@@ -15,7 +15,9 @@ mod voter;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-pub use config::{Member, NodeConfig, NodeConfigError, Quorum, Rules};
+#[cfg(any(test, feature = "sim"))]
+pub use config::Rules;
+pub use config::{Member, NodeConfig, NodeConfigError, Quorum};
 
 use crate::Instant;
 use crate::message::{
@@ -274,6 +276,7 @@ pub struct Node {
     /// One retransmission of a TimeoutNow or Resign.
     retry: Option<(Instant, Vec<(NodeId, Message)>)>,
     /// Only with Rule 4 off: when a leader whose handover failed takes the role back.
+    #[cfg(any(test, feature = "sim"))]
     resume_at: Option<Instant>,
     shutdown: Shutdown,
     holder: Option<(NodeId, Term)>,
@@ -295,7 +298,7 @@ impl Node {
         seed: u64,
         now: Instant,
     ) -> Node {
-        let silence = if cfg.rules.acker_promises {
+        let silence = if cfg.rules().acker_promises {
             cfg.timing.election_max.max(cfg.silence_floor)
         } else {
             cfg.timing.election_max
@@ -318,6 +321,7 @@ impl Node {
             after_release: AfterRelease::Nothing,
             transferred_in: None,
             retry: None,
+            #[cfg(any(test, feature = "sim"))]
             resume_at: None,
             shutdown: Shutdown::Running,
             holder: None,
@@ -429,7 +433,7 @@ impl Node {
         if !matches!(self.vip, VipState::Claiming | VipState::Held) || self.transferring() {
             return None;
         }
-        if !self.cfg.rules.lease_check {
+        if !self.cfg.rules().lease_check {
             return Some(Instant::MAX);
         }
         l.lease_until
@@ -439,11 +443,11 @@ impl Node {
     // ===== shared helpers =====
 
     fn is_member(&self, id: NodeId) -> bool {
-        !self.cfg.rules.members_only || self.cfg.is_member(id)
+        !self.cfg.rules().members_only || self.cfg.is_member(id)
     }
 
     fn silent(&self, now: Instant) -> bool {
-        self.cfg.rules.restart_silence && now < self.silent_until
+        self.cfg.rules().restart_silence && now < self.silent_until
     }
 
     fn promise_active(&self, now: Instant) -> bool {
@@ -499,7 +503,7 @@ impl Node {
     }
 
     fn persist(&mut self) {
-        if self.cfg.rules.persist {
+        if self.cfg.rules().persist {
             self.out.push(Action::Persist(self.persisted()));
         }
     }
@@ -516,7 +520,7 @@ impl Node {
         self.leader = None;
         self.role = Role::Follower;
         self.after_release = AfterRelease::Nothing;
-        self.resume_at = None;
+        self.forget_resume();
         self.persist();
     }
 
@@ -668,7 +672,8 @@ impl Node {
         self.promise = None;
         self.retry = Some((now + self.cfg.timing.transfer_retry, msgs));
         self.election_deadline = now + self.election_timeout();
-        if !self.cfg.rules.no_resume_after_transfer {
+        #[cfg(any(test, feature = "sim"))]
+        if !self.cfg.rules().no_resume_after_transfer {
             // What a naive implementation does: take the role back in the same term when
             // no successor showed up soon.
             self.resume_at = Some(now + self.cfg.timing.election_min / 2);
@@ -764,6 +769,7 @@ impl Node {
             self.shutdown = Shutdown::Done;
             self.out.push(Action::Notice(Notice::ShutdownReady));
         }
+        #[cfg(any(test, feature = "sim"))]
         if let Some(at) = self.resume_at
             && now >= at
         {
@@ -787,6 +793,14 @@ impl Node {
         self.update_vip(now);
     }
 
+    /// Drops a pending take-back (which only the simulator's rule experiments arm).
+    fn forget_resume(&mut self) {
+        #[cfg(any(test, feature = "sim"))]
+        {
+            self.resume_at = None;
+        }
+    }
+
     fn finish(&mut self, now: Instant) -> Vec<Action> {
         self.emit_role();
         let next = self.next_deadline(now);
@@ -805,6 +819,7 @@ impl Node {
         if let Some((t, _)) = &self.retry {
             at(*t);
         }
+        #[cfg(any(test, feature = "sim"))]
         if let Some(t) = self.resume_at {
             at(t);
         }

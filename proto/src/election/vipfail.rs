@@ -106,7 +106,7 @@ impl Node {
         // Make sure nothing half-added stays; the claim is retried after the pause.
         self.vip = VipState::Releasing;
         self.out.push(Action::ReleaseVip);
-        if !self.is_leader() || !self.cfg.rules.vip_failure_handover {
+        if !self.is_leader() || !self.cfg.rules().vip_failure_handover {
             return;
         }
         self.vip_failures.failed(now, self.cfg.timing.heartbeat);

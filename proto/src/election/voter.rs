@@ -52,10 +52,10 @@ impl Node {
         if hb.flags.has(Flags::HOLDS_VIP) {
             self.note_holder(from, term);
         }
-        if self.cfg.rules.release_before_vote && self.vip != VipState::Released {
+        if self.cfg.rules().release_before_vote && self.vip != VipState::Released {
             return;
         }
-        if self.silent(now) && !self.cfg.rules.acks_during_silence {
+        if self.silent(now) && !self.cfg.rules().acks_during_silence {
             return;
         }
         self.reply_ack(now, from, hb.seq, true);
@@ -82,7 +82,7 @@ impl Node {
         transfer: Option<Transfer>,
         pre: bool,
     ) -> VoteReason {
-        let rules = self.cfg.rules;
+        let rules = self.cfg.rules();
         if rules.members_only && !self.cfg.is_member(from) {
             return VoteReason::NotMember;
         }

@@ -1,4 +1,4 @@
-//! Network-namespace topologies for the multi-node tests and `apivip demo`.
+//! Network-namespace topologies for the multi-node tests and `apivip-demo`.
 //!
 //! A [`Topology`] is a switch namespace with a bridge, and one namespace per node and per
 //! client, each with an `eth0` veth plugged into the bridge. Only documentation ranges are
@@ -237,6 +237,11 @@ impl Node {
     pub fn name(&self) -> &str {
         &self.ns
     }
+    /// The file the namespace is bound to (`/run/netns/<name>`): what `setns(2)` and an
+    /// OCI runtime's `linux.namespaces[].path` take.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new(NETNS_RUN).join(&self.ns)
+    }
     /// IPv4 address of `eth0`.
     pub fn addr(&self) -> IpAddr {
         IpAddr::V4(self.addr)
@@ -255,7 +260,7 @@ impl Node {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns, program]);
         // The caller's APIVIP_* variables (a key file, a socket) would override the
-        // configs written for this topology: `apivip demo` run from a shell that exports
+        // configs written for this topology: `apivip-demo` run from a shell that exports
         // them must still build its own cluster.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("APIVIP_") {

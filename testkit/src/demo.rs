@@ -1,10 +1,11 @@
-//! `apivip demo`: three nodes and a client in network namespaces on this machine. It
+//! `apivip-demo`: three nodes and a client in network namespaces on this machine. It
 //! elects a holder, moves the VIP by drill and by killing the holder, and prints what
 //! happened and how long each step took. Everything is removed at the end.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::testbed::{Testbed, TestbedSpec};
 
@@ -12,27 +13,27 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
-pub fn run(ipv6: bool, profile: &str) -> Result<()> {
+/// Runs the demo with `bin` as every node's `apivip`.
+pub fn run(bin: &Path, ipv6: bool, profile: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "apivip demo builds network namespaces and needs root: run `sudo apivip demo` (or `make demo`)"
+            "apivip-demo builds network namespaces and needs root: run `sudo target/debug/apivip-demo` (or `make demo`)"
         );
     }
     let removed = crate::netns::cleanup_stale().unwrap_or(0);
     if removed > 0 {
         println!("removed {removed} namespaces left by an earlier run that died");
     }
-    let bin = std::env::current_exe().context("cannot find this program's path")?;
     let spec = TestbedSpec {
         ipv6,
         profile: profile.into(),
         ..TestbedSpec::default()
     };
     let t0 = Instant::now();
-    let mut tb = Testbed::build(spec, &bin)?;
+    let mut tb = Testbed::build(spec, bin)?;
     let vip = tb.vip();
-    println!("apivip demo: 3 control-plane nodes and a client in network namespaces on a bridge");
+    println!("apivip-demo: 3 control-plane nodes and a client in network namespaces on a bridge");
     for i in 0..3 {
         println!(
             "  node {}  {}  (stand-in apiserver on :6443, priority {})",

@@ -1,6 +1,7 @@
-//! A whole apivip cluster in network namespaces, for `apivip demo`, the netns tests and
+//! A whole apivip cluster in network namespaces, for `apivip-demo`, the netns tests and
 //! the failover bench: a switch, N control-plane nodes each running a stand-in apiserver
-//! (TLS on :6443, plain HTTP on :8080 naming the node) and `apivip run`, and a client.
+//! (TLS on :6443, plain HTTP on :8080 naming the node; in this process, on a thread in
+//! the node's namespace) and `apivip run`, and a client.
 //! Everything lives under the documentation prefixes and goes away on drop.
 
 use std::io::{Read, Write};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::netns::{AddrProbe, NsChild, Topology, TopologySpec, VIP4, VIP6};
+use crate::standin::{NsStandins, StandinArgs};
 
 /// The plain-HTTP stand-in's port: GET /version there names the node that answered.
 pub const WHOAMI_PORT: u16 = 8080;
@@ -54,8 +56,8 @@ impl Default for TestbedSpec {
 
 struct Member {
     daemon: Option<NsChild>,
-    _standin: Option<NsChild>,
-    _whoami: Option<NsChild>,
+    /// The TLS apiserver on :6443 and the plain one on :8080.
+    _standins: NsStandins,
 }
 
 /// Fields drop in order: processes first, then the probe, then the namespaces.
@@ -69,7 +71,8 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    /// Builds the topology and starts stand-in apiservers (not yet apivip).
+    /// Builds the topology and starts stand-in apiservers (not yet apivip); `bin` is the
+    /// `apivip` every node runs.
     pub fn build(spec: TestbedSpec, bin: &Path) -> Result<Testbed> {
         let topo = Topology::build(&TopologySpec {
             nodes: spec.nodes,
@@ -100,11 +103,10 @@ impl Testbed {
             members: Vec::new(),
         };
         for i in 0..tb.spec.nodes {
-            let (standin, whoami) = tb.start_standins(i)?;
+            let standins = tb.start_standins(i)?;
             tb.members.push(Member {
                 daemon: None,
-                _standin: Some(standin),
-                _whoami: Some(whoami),
+                _standins: standins,
             });
         }
         for i in 0..tb.spec.nodes {
@@ -151,41 +153,33 @@ impl Testbed {
         self.dir.path().join(format!("n{}/unready", i + 1))
     }
 
-    fn start_standins(&self, i: usize) -> Result<(NsChild, NsChild)> {
-        let node = self.topo.node(i);
+    fn start_standins(&self, i: usize) -> Result<NsStandins> {
         std::fs::create_dir_all(self.dir.path().join(format!("n{}", i + 1)))?;
         let name = format!("node-{}", i + 1);
-        let any = if self.spec.ipv6 { "[::]" } else { "0.0.0.0" };
-        let bin = self.bin.to_string_lossy().into_owned();
-        let mut tls = node.command(&bin);
-        tls.args([
-            "standin",
-            "--listen",
-            &format!("{any}:6443"),
-            "--name",
-            &name,
-            "--san",
-            &self.vip().to_string(),
-        ])
-        .arg("--unready-file")
-        .arg(self.unready_file(i))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let tls = spawn(&mut tls)?;
-        let mut plain = node.command(&bin);
-        plain
-            .args([
-                "standin",
-                "--plain",
-                "--listen",
-                &format!("{any}:{WHOAMI_PORT}"),
-                "--name",
-                &name,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let plain = spawn(&mut plain)?;
-        Ok((tls, plain))
+        let any: IpAddr = if self.spec.ipv6 {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        let tls = StandinArgs {
+            listen: SocketAddr::new(any, 6443),
+            sans: vec![self.vip().to_string()],
+            cert_out: None,
+            unready_file: Some(self.unready_file(i)),
+            plain: false,
+            name: name.clone(),
+        };
+        let plain = StandinArgs {
+            listen: SocketAddr::new(any, WHOAMI_PORT),
+            sans: vec![],
+            cert_out: None,
+            unready_file: None,
+            plain: true,
+            name,
+        };
+        let node = self.topo.node(i);
+        crate::standin::serve_in(&node.path(), vec![tls, plain])
+            .with_context(|| format!("stand-in apiservers in {}", node.name()))
     }
 
     /// Writes node i's config; `members` (0-based) defaults to the spec's list or all.

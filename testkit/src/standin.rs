@@ -1,5 +1,5 @@
-//! A stand-in Kubernetes apiserver for tests, benches and the netns demo (`apivip standin`,
-//! hidden). It speaks just enough HTTP/1.1 for curl, kubectl's `get --raw`, wrk and the
+//! A stand-in Kubernetes apiserver for tests, benches, the quickstart and the demo (the
+//! `apivip-standin` binary, or in-process with [`Standin::start`] and [`serve_in`]). It speaks just enough HTTP/1.1 for curl, kubectl's `get --raw`, wrk and the
 //! health checks: `/readyz`, `/healthz`, `/livez` answer `ok`; `/version` a JSON version;
 //! `/bytes/N` N bytes (bulk download bench); `/watch` a chunked stream with one line
 //! (`<name> <n>`) every 100 ms for up to 10 minutes, like a watch; anything else 404. Served over TLS with a
@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-/// `apivip standin` flags.
+/// `apivip-standin` flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StandinArgs {
     /// Address to serve on (port 0 picks one; the bound address is printed on stdout).
@@ -63,6 +63,10 @@ pub enum StandinError {
     },
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error("entering network namespace {ns}: {source}")]
+    Netns { ns: PathBuf, source: std::io::Error },
+    #[error("cannot start the stand-in's thread or runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// A running stand-in; dropping it closes the listener and every open connection, like
@@ -131,7 +135,7 @@ impl Standin {
     }
 }
 
-/// `apivip standin`: serve until SIGTERM or SIGINT.
+/// `apivip-standin`: serve until SIGTERM or SIGINT.
 pub async fn run(args: StandinArgs) -> Result<(), StandinError> {
     use tokio::signal::unix::{SignalKind, signal};
     let s = Standin::start(&args).await?;
@@ -143,6 +147,94 @@ pub async fn run(args: StandinArgs) -> Result<(), StandinError> {
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
+}
+
+/// Stand-ins served by a thread that lives in a network namespace, as a node's apiserver
+/// would be: every listener belongs to that namespace. Dropping it closes them all.
+pub struct NsStandins {
+    addrs: Vec<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsStandins {
+    /// Where each stand-in listens, in the order they were given.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+impl Drop for NsStandins {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts one stand-in per `args` inside the network namespace bound at `netns` (e.g.
+/// `/run/netns/x`), each listening once this returns.
+pub fn serve_in(
+    netns: &std::path::Path,
+    args: Vec<StandinArgs>,
+) -> Result<NsStandins, StandinError> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(netns).map_err(|source| StandinError::Netns {
+        ns: netns.into(),
+        source,
+    })?;
+    let ns_path = netns.to_path_buf();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Vec<SocketAddr>, StandinError>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("standin".into())
+        .spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = ready_tx.send(Err(StandinError::Netns {
+                    ns: ns_path,
+                    source: std::io::Error::last_os_error(),
+                }));
+                return;
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(StandinError::Runtime(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut running = Vec::new();
+                for a in &args {
+                    match Standin::start(a).await {
+                        Ok(s) => running.push(s),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = ready_tx.send(Ok(running.iter().map(Standin::local_addr).collect()));
+                let _ = stop_rx.await;
+                drop(running);
+            });
+        })
+        .map_err(StandinError::Runtime)?;
+    let addrs = ready_rx
+        .recv()
+        .map_err(|_| StandinError::Runtime(std::io::Error::other("the stand-in thread died")))??;
+    Ok(NsStandins {
+        addrs,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
 }
 
 fn tls_acceptor(sans: &[String]) -> Result<(TlsAcceptor, String), StandinError> {
@@ -446,32 +538,5 @@ mod tests {
         assert_eq!(http_get(&mut c, "/livez").await.unwrap().0, 200);
         std::fs::remove_file(&flag).unwrap();
         assert_eq!(http_get(&mut c, "/readyz").await.unwrap().0, 200);
-    }
-
-    #[tokio::test]
-    async fn tls_mode_answers_the_health_prober() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = args(false);
-        a.cert_out = Some(dir.path().join("ca.pem"));
-        let s = Standin::start(&a).await.unwrap();
-        assert!(s.cert_pem().unwrap().contains("BEGIN CERTIFICATE"));
-        // Verified against the written certificate: proves the SANs and the PEM file.
-        let mut spec =
-            crate::health::HealthSpec::https_readyz(std::time::Duration::from_millis(50));
-        spec.kind = crate::health::CheckKind::Https {
-            path: "/readyz".into(),
-            ca_file: a.cert_out.clone(),
-            server_name: None,
-        };
-        spec.rise = 1;
-        let p = crate::health::Prober::spawn(s.local_addr(), spec).unwrap();
-        let mut rx = p.subscribe();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            rx.wait_for(|h| h.healthy),
-        )
-        .await
-        .unwrap()
-        .unwrap();
     }
 }
