@@ -12,7 +12,8 @@ case "$want" in
   demo) ;;
   test|bench)
     pkg+=([keepalived]=keepalived [haproxy]=haproxy [nginx]=nginx [kubectl]=kubernetes-client
-          [openssl]=openssl [buildah]=buildah [systemd-analyze]=systemd)
+          [openssl]=openssl [buildah]=buildah [systemd-analyze]=systemd
+          [bird]=bird2)
     ;;&
   bench) pkg+=([wrk]=wrk) ;;
   test) ;;
@@ -40,7 +41,7 @@ else SUDO=; fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 $SUDO apt-get update -qq
-# Debian starts nginx/haproxy/keepalived services on install where an init system runs;
+# Debian starts nginx/haproxy/keepalived/bird services on install where an init system runs;
 # policy-rc.d keeps them from grabbing ports on the host: tests start their own copies.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null

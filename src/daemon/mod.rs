@@ -273,8 +273,18 @@ pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
             })?
         }
     };
-    let (placement, reason) =
-        crate::vip::resolve_placement(v.placement, addr, &interface, &v.device);
+    let bgp = v.mode == crate::config::VipMode::Bgp;
+    let (placement, reason) = if bgp {
+        // Validation refused `interface`; the route must go with the process.
+        (
+            crate::vip::Placement::Device {
+                name: v.device.clone(),
+            },
+            "bgp: a host route on the process-owned device, exported by the node's BGP speaker while it exists".to_string(),
+        )
+    } else {
+        crate::vip::resolve_placement(v.placement, addr, &interface, &v.device)
+    };
     let placement_name = match &placement {
         crate::vip::Placement::Interface => "interface".to_string(),
         crate::vip::Placement::Device { name } => format!("device {name}"),
@@ -289,11 +299,12 @@ pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
     Ok(VipSetup {
         backend: vipctl::Backend::Kernel(vipctl::KernelVip {
             spec,
-            announce: crate::announce::AnnounceConfig {
+            // Routed: no shared segment to announce on, and nothing to announce.
+            announce: (!bgp).then_some(crate::announce::AnnounceConfig {
                 count: v.announce_count,
                 interval: v.announce_interval,
                 refresh: v.announce_refresh,
-            },
+            }),
         }),
         report: VipReport {
             address: v.address.clone(),
