@@ -606,6 +606,17 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// The nodes whose session the router does not have established.
+    pub fn sessions_down(&self) -> Vec<usize> {
+        let s = self.router_sessions();
+        (0..self.nodes)
+            .filter(|i| {
+                !s.iter()
+                    .any(|x| x.name == format!("n{}", i + 1) && x.established())
+            })
+            .collect()
+    }
+
     /// Waits until the router has every node's session established.
     pub fn wait_sessions(&self, nodes: &[usize], within: Duration) -> Duration {
         let start = Instant::now();
@@ -621,9 +632,10 @@ impl Lab {
         })
         .unwrap_or_else(|| {
             panic!(
-                "BGP sessions {nodes:?} not established within {within:?}: {:?}\n{}",
+                "BGP sessions {nodes:?} not established within {within:?}: {:?}\n{}\n--- router BIRD (tail)\n{}",
                 self.router_sessions(),
-                self.logs()
+                self.logs(),
+                tail(&std::fs::read_to_string(self.dir.path().join("router-bird.log")).unwrap_or_default(), 30)
             )
         })
     }
@@ -668,6 +680,11 @@ impl Lab {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Polls `f` every 5 ms until it gives Some, for at most `within`.
