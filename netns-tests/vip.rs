@@ -240,7 +240,7 @@ fn worker_reports_a_deleted_vip_and_link_changes() {
                 let mut w = vipctl::spawn(
                     Backend::Kernel(KernelVip {
                         spec: s,
-                        announce: apivip::announce::AnnounceConfig::default(),
+                        announce: Some(apivip::announce::AnnounceConfig::default()),
                     }),
                     gate,
                 )

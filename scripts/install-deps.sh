@@ -13,7 +13,8 @@ case "$want" in
   test|bench)
     # runc starts the image the way a kubelet's runtime would (netns-tests/image.rs).
     pkg+=([keepalived]=keepalived [haproxy]=haproxy [nginx]=nginx [kubectl]=kubernetes-client
-          [openssl]=openssl [buildah]=buildah [runc]=runc [systemd-analyze]=systemd)
+          [openssl]=openssl [buildah]=buildah [runc]=runc [systemd-analyze]=systemd
+          [bird]=bird2)
     ;;&
   bench) pkg+=([wrk]=wrk [python3]=python3) ;;
   test) ;;
@@ -41,7 +42,7 @@ else SUDO=; fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 $SUDO apt-get update -qq
-# Debian starts nginx/haproxy/keepalived services on install where an init system runs;
+# Debian starts nginx/haproxy/keepalived/bird services on install where an init system runs;
 # policy-rc.d keeps them from grabbing ports on the host: tests start their own copies.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null

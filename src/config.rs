@@ -58,6 +58,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub forward: ForwardConfig,
+    /// The BGP speaker beside apivip when `vip.mode = "bgp"` (docs/bgp.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::bgp::BgpConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +72,10 @@ pub struct VipConfig {
     /// the route to the first peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// How clients find the holder: `l2` (gratuitous ARP / NA on a shared segment) or
+    /// `bgp` (a host route on the process-owned device, announced by a BGP speaker).
+    #[serde(default)]
+    pub mode: VipMode,
     #[serde(default)]
     pub placement: Placement,
     /// Address label (IPv4), default `<interface>:vip` when that fits in 15 characters.
@@ -91,6 +98,17 @@ pub struct VipConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub announce_refresh: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipMode {
+    /// One L2 segment: the holder announces the VIP with gratuitous ARP / NA.
+    #[default]
+    L2,
+    /// Routed: the VIP is a host route on the process-owned device; a BGP speaker on the
+    /// node exports it while it exists. No ARP / NA.
+    Bgp,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -964,7 +982,7 @@ fn lookup<'a>(t: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
 // ===== validation =====
 
 impl Loaded {
-    fn err(
+    pub(crate) fn err(
         &self,
         field: &str,
         value: impl fmt::Display,
@@ -1090,6 +1108,7 @@ impl Loaded {
                 ));
             }
         }
+        self.validate_bgp(&mut errs);
         if !(apivip_proto::wire::VERSION_MIN..=apivip_proto::wire::VERSION_MAX)
             .contains(&c.election.protocol)
         {

@@ -772,6 +772,11 @@ pub async fn diagnose(sources: &crate::config::Sources, opts: &Options) -> Repor
     }
 }
 
+/// Whether this host has `vip` on any interface (it holds the VIP).
+pub fn holds_vip(vip: IpAddr) -> bool {
+    interface_with(vip).is_some()
+}
+
 /// Runs every check for a loaded config.
 pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
     let config = &loaded.config;
@@ -824,6 +829,8 @@ pub async fn run(loaded: &Loaded, opts: &Options) -> Report {
             ));
         }
     }
+    // vip.mode = "bgp": the speaker runs, has its sessions and exports only the VIP.
+    r.checks.extend(crate::bgp::doctor_checks(config));
     if config.health.check == CheckKind::None && config.vip.is_some() {
         r.checks.push(Check::new(
             Status::Warn,

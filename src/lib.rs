@@ -2,6 +2,7 @@
 
 pub mod announce;
 pub mod backoff;
+pub mod bgp;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -86,6 +86,10 @@ enum ManifestCommand {
     StaticPod(ManifestArgs),
     /// The unit for /etc/systemd/system/apivip.service.
     Systemd(ManifestArgs),
+    /// BIRD 2 config announcing this node's VIP while it holds it (vip.mode = "bgp").
+    Bird(ConfigArgs),
+    /// FRR config announcing this node's VIP while it holds it (vip.mode = "bgp").
+    Frr(ConfigArgs),
 }
 
 #[derive(Args)]
@@ -253,6 +257,11 @@ async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
         None => daemon::kernel_vip(cfg).await?,
     };
     let (health, _prober) = daemon::apiserver::local_health(&cfg.health)?;
+    // vip.mode = "bgp": lead only while the node's speaker can announce the route.
+    let health = match &cfg.bgp {
+        Some(b) if b.check && args.fake_vip_dir.is_none() => apivip::bgp::gate(b, health),
+        _ => health,
+    };
     let metrics = apivip::metrics::Metrics::new();
     let readiness = apivip::metrics::Readiness::new();
     metrics.set_fd_limit(raise_fd_limit());
@@ -296,6 +305,16 @@ async fn run(loaded: config::Loaded, args: RunArgs) -> Result<()> {
     r
 }
 
+/// `apivip manifest bird|frr`: the speaker config for the node the config describes.
+fn speaker_config(
+    args: &ConfigArgs,
+    snippet: fn(&config::Config) -> Result<String, apivip::bgp::SnippetError>,
+) -> Result<String> {
+    let loaded = config::load(&args.sources())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    Ok(snippet(&loaded.config)?)
+}
+
 /// Raises the soft descriptor limit to the hard one before anything opens sockets; the
 /// forwarder's connection cap is derived from what is in force afterwards.
 fn raise_fd_limit() -> u64 {
@@ -328,6 +347,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let text = match m {
                 ManifestCommand::StaticPod(a) => apivip::manifest::static_pod(&a.options())?,
                 ManifestCommand::Systemd(a) => apivip::manifest::systemd_unit(&a.options())?,
+                ManifestCommand::Bird(a) => speaker_config(&a, apivip::bgp::bird_snippet)?,
+                ManifestCommand::Frr(a) => speaker_config(&a, apivip::bgp::frr_snippet)?,
             };
             print!("{text}");
             Ok(ExitCode::SUCCESS)

@@ -17,8 +17,14 @@ fn all_fields() -> Vec<String> {
 node_id = 1
 [vip]
 address = "192.0.2.100/24"
+mode = "bgp"
 interface = "eth0"
 label = "eth0:vip"
+[bgp]
+local_as = 65001
+peer_as = 65000
+routers = ["192.0.2.1"]
+router_id = "192.0.2.11"
 [[peers]]
 id = 1
 address = "192.0.2.11"

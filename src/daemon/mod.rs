@@ -283,11 +283,23 @@ pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
             })?
         }
     };
+    let bgp = v.mode == crate::config::VipMode::Bgp;
     let crate::vip::Resolved {
         placement,
         reason,
         tun_fallback,
-    } = crate::vip::resolve_placement(v.placement, addr, &interface, &v.device);
+    } = if bgp {
+        // Validation refused `interface`; the route must go with the process.
+        crate::vip::Resolved {
+            placement: crate::vip::Placement::Device {
+                name: v.device.clone(),
+            },
+            reason: "bgp: a host route on the process-owned device, exported by the node's BGP speaker while it exists".to_string(),
+            tun_fallback: false,
+        }
+    } else {
+        crate::vip::resolve_placement(v.placement, addr, &interface, &v.device)
+    };
     if tun_fallback {
         tracing::warn!(
             reason = %reason,
@@ -317,11 +329,12 @@ pub async fn kernel_vip(cfg: &Config) -> Result<VipSetup> {
     Ok(VipSetup {
         backend: vipctl::Backend::Kernel(vipctl::KernelVip {
             spec,
-            announce: crate::announce::AnnounceConfig {
+            // Routed: no shared segment to announce on, and nothing to announce.
+            announce: (!bgp).then_some(crate::announce::AnnounceConfig {
                 count: v.announce_count,
                 interval: v.announce_interval,
                 refresh: v.announce_refresh,
-            },
+            }),
         }),
         report: VipReport {
             address: v.address.clone(),

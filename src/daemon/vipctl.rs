@@ -199,17 +199,18 @@ impl Device for MarkerVip {
     }
 }
 
-/// The real VIP: an address through rtnetlink, announced by gratuitous ARP / NA.
+/// The real VIP: an address through rtnetlink, announced by gratuitous ARP / NA (none
+/// in `vip.mode = "bgp"`, where a BGP speaker exports the device's route).
 pub struct KernelVip {
     pub spec: VipSpec,
-    pub announce: AnnounceConfig,
+    pub announce: Option<AnnounceConfig>,
 }
 
 /// An opened [`KernelVip`], living on the worker's runtime.
 pub struct KernelDevice {
     vip: Vip,
     ip: IpAddr,
-    announce_cfg: AnnounceConfig,
+    announce_cfg: Option<AnnounceConfig>,
     /// The announcer and the interface index it was opened for.
     announcer: Option<(Announcer, u32)>,
     announcer_log: LogThrottle,
@@ -235,12 +236,15 @@ impl KernelDevice {
     /// An announcer for the interface as it is now: a re-created interface has a new
     /// index (and maybe a new MAC), and frames sent to the old index go nowhere.
     fn ensure_announcer(&mut self) {
+        let Some(cfg) = self.announce_cfg.clone() else {
+            return;
+        };
         let index = self.vip.interface_index();
         if self.announcer.as_ref().is_some_and(|(_, i)| *i == index) {
             return;
         }
         self.announcer = None;
-        match Announcer::new(&self.vip.spec().interface, self.announce_cfg.clone()) {
+        match Announcer::new(&self.vip.spec().interface, cfg) {
             Ok(a) => self.announcer = Some((a, index)),
             Err(e) => {
                 // A missing announcer (no AF_PACKET permission) leaves the VIP reachable
