@@ -15,20 +15,7 @@ use forward_support::*;
 use tokio::net::TcpStream;
 
 fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is missing under CI=true (scripts/install-deps.sh test installs it)"
-        );
-        eprintln!("SKIP: {tool} not installed (scripts/install-deps.sh test installs it)");
-    }
-    found
+    apivip_testkit::have_tool(tool, "--help")
 }
 
 fn tls_args(name: &str, cert_out: Option<std::path::PathBuf>) -> StandinArgs {

@@ -24,9 +24,6 @@ use std::time::{Duration, Instant};
 
 use apivip::bgp::BirdCtl;
 use apivip_testkit::netns::{NsChild, in_netns};
-use rtnetlink::packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::sys::{Socket, protocols::NETLINK_ROUTE};
@@ -706,57 +703,33 @@ pub fn wait<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> 
 fn route_hops(sock: &Socket, dst: Ipv4Addr) -> std::io::Result<Vec<Ipv4Addr>> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = rtnetlink::packet_route::AddressFamily::Inet;
-    let mut req = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(msg)),
-    );
-    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.finalize();
-    let mut buf = vec![0u8; req.buffer_len()];
-    req.serialize(&mut buf);
-    sock.send(&buf, 0)?;
     let mut hops = Vec::new();
-    loop {
-        let (data, _) = sock.recv_from_full()?;
-        let mut off = 0;
-        while off < data.len() {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(hops),
-                NetlinkPayload::Error(e) => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
-                    let is_vip = r.header.destination_prefix_length == 32
-                        && r.attributes.iter().any(|a| {
-                            matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == dst)
-                        });
-                    if is_vip {
-                        for a in &r.attributes {
-                            match a {
-                                RouteAttribute::Gateway(RouteAddress::Inet(g)) => hops.push(*g),
-                                RouteAttribute::MultiPath(nh) => {
-                                    for h in nh {
-                                        for a in &h.attributes {
-                                            if let RouteAttribute::Gateway(RouteAddress::Inet(g)) =
-                                                a
-                                            {
-                                                hops.push(*g);
-                                            }
-                                        }
-                                    }
-                                }
-                                _ => {}
+    apivip_testkit::netns::netlink_dump(sock, RouteNetlinkMessage::GetRoute(msg), |m| {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            return;
+        };
+        let is_vip = r.header.destination_prefix_length == 32
+            && r.attributes.iter().any(
+                |a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == dst),
+            );
+        if !is_vip {
+            return;
+        }
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => hops.push(*g),
+                RouteAttribute::MultiPath(nh) => {
+                    for h in nh {
+                        for a in &h.attributes {
+                            if let RouteAttribute::Gateway(RouteAddress::Inet(g)) = a {
+                                hops.push(*g);
                             }
                         }
                     }
                 }
                 _ => {}
             }
-            if len == 0 {
-                break;
-            }
-            off += (len + 3) & !3;
         }
-    }
+    })?;
+    Ok(hops)
 }

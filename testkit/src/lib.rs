@@ -36,3 +36,22 @@ pub fn bin_beside(apivip: &Path, name: &str) -> Result<PathBuf, String> {
         ))
     }
 }
+
+/// Whether `tool` runs (`tool version_arg`). Missing under `CI=true` is a failure (the
+/// project's scripts install it); elsewhere the caller skips, and this says so.
+pub fn have_tool(tool: &str, version_arg: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg(version_arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is missing under CI=true (scripts/install-deps.sh test installs it)"
+        );
+        eprintln!("SKIP: {tool} not installed (scripts/install-deps.sh test installs it)");
+    }
+    found
+}

@@ -515,16 +515,30 @@ fn dump_has(sock: &Socket, ip: IpAddr) -> std::io::Result<bool> {
         IpAddr::V4(_) => rtnetlink::packet_route::AddressFamily::Inet,
         IpAddr::V6(_) => rtnetlink::packet_route::AddressFamily::Inet6,
     };
-    let mut req = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetAddress(msg)),
-    );
+    let mut found = false;
+    netlink_dump(sock, RouteNetlinkMessage::GetAddress(msg), |m| {
+        if let RouteNetlinkMessage::NewAddress(a) = m {
+            found |= a.attributes.iter().any(|at| {
+                matches!(at, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == ip)
+            });
+        }
+    })?;
+    Ok(found)
+}
+
+/// Sends one rtnetlink dump request on `sock` and hands every message of the answer to
+/// `each`, until the dump's end.
+pub fn netlink_dump(
+    sock: &Socket,
+    request: RouteNetlinkMessage,
+    mut each: impl FnMut(RouteNetlinkMessage),
+) -> std::io::Result<()> {
+    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(request));
     req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     req.finalize();
     let mut buf = vec![0u8; req.buffer_len()];
     req.serialize(&mut buf);
     sock.send(&buf, 0)?;
-    let mut found = false;
     loop {
         let (data, _) = sock.recv_from_full()?;
         let mut off = 0;
@@ -533,13 +547,9 @@ fn dump_has(sock: &Socket, ip: IpAddr) -> std::io::Result<bool> {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             let len = m.header.length as usize;
             match m.payload {
-                NetlinkPayload::Done(_) => return Ok(found),
+                NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => {
-                    found |= a.attributes.iter().any(|at| {
-                        matches!(at, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == ip)
-                    });
-                }
+                NetlinkPayload::InnerMessage(inner) => each(inner),
                 _ => {}
             }
             if len == 0 {

@@ -4,20 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is missing under CI=true (scripts/install-deps.sh test installs it)"
-        );
-        eprintln!("SKIP: {tool} not installed (scripts/install-deps.sh test installs it)");
-    }
-    found
+    apivip_testkit::have_tool(tool, "version")
 }
 
 #[test]
