@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, Loaded, Placement, VipMode};
+use crate::daemon::apiserver::LocalHealth;
 use crate::doctor::{Check, Status};
 
 /// BIRD's default control socket on Debian.
@@ -616,12 +617,17 @@ fn ready_on(ctl: &mut BirdCtl, routers: &[IpAddr]) -> Result<(), String> {
 
 // ===== the speaker gate =====
 
-/// `apiserver` ANDed with the speaker's readiness, checked every `check_interval` on a
-/// thread of its own over one kept-open control connection. A node whose speaker is
+/// `apiserver` completed with the speaker's readiness, checked every `check_interval` on
+/// a thread of its own over one kept-open control connection. A node whose speaker is
 /// down, or has no session to a router, does not campaign, and a leader hands the VIP to
-/// a node whose speaker works: its own route could reach nobody.
-pub fn gate(cfg: &BgpConfig, apiserver: watch::Receiver<bool>) -> watch::Receiver<bool> {
-    let (speaker_tx, mut speaker_rx) = watch::channel(false);
+/// a node whose speaker works: its own route could reach nobody. The result says which
+/// of the two failed, so the hand-over is not blamed on the apiserver.
+pub fn gate(
+    cfg: &BgpConfig,
+    apiserver: watch::Receiver<LocalHealth>,
+) -> watch::Receiver<LocalHealth> {
+    // None: the speaker can announce; Some: why not.
+    let (speaker_tx, mut speaker_rx) = watch::channel(Some("not checked yet".to_string()));
     let socket = cfg.socket.clone();
     let routers = cfg.routers.clone();
     let every = cfg.check_interval;
@@ -654,11 +660,16 @@ pub fn gate(cfg: &BgpConfig, apiserver: watch::Receiver<bool>) -> watch::Receive
                         Err(e) => tracing::warn!(error = %e, "BGP speaker not ready: this node will not hold the VIP"),
                     }
                 }
-                let ok = r.is_ok();
+                let down = r.as_ref().err().cloned();
                 last = Some(r);
-                if speaker_tx.send(ok).is_err() {
+                if speaker_tx.is_closed() {
                     return;
                 }
+                speaker_tx.send_if_modified(|v| {
+                    let changed = *v != down;
+                    *v = down;
+                    changed
+                });
                 std::thread::sleep(every);
             }
         });
@@ -666,15 +677,26 @@ pub fn gate(cfg: &BgpConfig, apiserver: watch::Receiver<bool>) -> watch::Receive
         tracing::error!(error = %e, "cannot start the BGP speaker check: this node will not hold the VIP");
     }
     let mut apiserver = apiserver;
-    let (tx, rx) = watch::channel(false);
+    let first = LocalHealth {
+        speaker_down: speaker_rx.borrow().clone(),
+        ..apiserver.borrow().clone()
+    };
+    let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         loop {
-            let both = *apiserver.borrow_and_update() && *speaker_rx.borrow_and_update();
-            tx.send_if_modified(|v| std::mem::replace(v, both) != both);
+            let both = LocalHealth {
+                speaker_down: speaker_rx.borrow_and_update().clone(),
+                ..apiserver.borrow_and_update().clone()
+            };
+            tx.send_if_modified(|v| {
+                let changed = *v != both;
+                *v = both;
+                changed
+            });
             tokio::select! {
                 r = apiserver.changed() => if r.is_err() { break },
                 r = speaker_rx.changed() => if r.is_err() {
-                    tx.send_if_modified(|v| std::mem::replace(v, false));
+                    tx.send_modify(|v| v.speaker_down = Some("the speaker check stopped".into()));
                     break
                 },
             }

@@ -57,6 +57,9 @@ pub struct StatusReport {
     pub promise_remaining_ms: Option<u64>,
     pub silent_remaining_ms: Option<u64>,
     pub healthy: bool,
+    /// Why this node may not lead (the local apiserver, or in BGP mode its speaker).
+    #[serde(default)]
+    pub not_ready: Option<String>,
     pub link_up: bool,
     pub profile: String,
     pub quorum: String,
@@ -316,6 +319,9 @@ pub fn render_status(s: &StatusReport) -> String {
         if s.healthy { "ready" } else { "NOT READY" },
         if s.link_up { "up" } else { "DOWN" }
     );
+    if let Some(why) = s.not_ready.as_ref().filter(|_| !s.healthy) {
+        let _ = writeln!(o, "NOT READY: {why}");
+    }
     if let Some(v) = &s.vip {
         let _ = writeln!(
             o,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use apivip::announce::Gate;
 use apivip::config::{self, Sources};
 use apivip::control::{Request, Response, StatusReport, VipReport};
+use apivip::daemon::apiserver::LocalHealth;
 use apivip::daemon::clock::{Clock, ManualClock};
 use apivip::daemon::driver::{Driver, Outbox, Parts, reload_diff};
 use apivip::daemon::vipctl::{HoldGate, VipDone, VipEvent, VipFault, VipOp};
@@ -143,7 +144,7 @@ fn rig_with_floor(members: &str, link_up: bool, silence_floor: Duration) -> Rig 
         persisted: Persisted::default(),
         silence_floor,
         seed: 7,
-        healthy: true,
+        health: LocalHealth::apiserver(true),
         link_up,
         vip_ops: tx,
         gate: gate.clone(),
@@ -476,6 +477,64 @@ fn a_refused_claim_backs_off_hands_over_and_logs_little() {
     let n = text.lines().count();
     assert!(n <= 12, "{n} log lines in 10 s:\n{text}");
     assert!(text.contains("keeps refusing the VIP"), "{text}");
+}
+
+/// Issue 13: a holder whose BGP speaker has no session hands the VIP over like an
+/// unhealthy one, but its log and status used to say "local apiserver unhealthy" (the
+/// speaker gate was folded into the apiserver's health). They name the speaker now, and
+/// the apiserver's own metric stays up.
+#[test]
+fn a_dead_speaker_is_named_as_the_reason_to_hand_over() {
+    let (lines, writer) = log_capture();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .finish();
+    let mut r = rig(THREE, true);
+    r.lead();
+    let msgs = tracing::subscriber::with_default(subscriber, || {
+        r.d.health(LocalHealth {
+            apiserver: true,
+            speaker_down: Some("no BGP session established: apivip_r1 Connect".into()),
+        });
+        r.hold_for(Duration::from_millis(300), || VipDone::Applied(Ok(())))
+            .1
+    });
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m.body, Body::TimeoutNow(_) | Body::Resign(_))),
+        "never handed over: {msgs:?}"
+    );
+    let text = lines.lock().unwrap().clone();
+    let handing = text
+        .lines()
+        .find(|l| l.contains("handing over the VIP"))
+        .unwrap_or_else(|| panic!("no hand-over line:\n{text}"));
+    assert!(
+        handing.contains("BGP speaker cannot announce the VIP")
+            && handing.contains("apivip_r1 Connect")
+            && !handing.contains("apiserver"),
+        "{handing}"
+    );
+    assert!(!text.contains("local apiserver health changed"), "{text}");
+    let st = r.status();
+    assert!(!st.healthy);
+    let why = st.not_ready.clone().unwrap_or_default();
+    assert!(
+        why.starts_with("BGP speaker cannot announce the VIP") && !why.contains("apiserver"),
+        "{why}"
+    );
+    let shown = apivip::control::render_status(&st);
+    assert!(
+        shown.contains("NOT READY: BGP speaker cannot announce the VIP (no BGP session"),
+        "{shown}"
+    );
+    // The speaker back, the apiserver failing: now the apiserver is the reason.
+    r.d.health(LocalHealth::apiserver(false));
+    assert_eq!(
+        r.status().not_ready.as_deref(),
+        Some("local apiserver unhealthy")
+    );
 }
 
 /// Item 5: a term at u64::MAX in an authenticated datagram used to be adopted by every

@@ -1,5 +1,6 @@
 //! The local apiserver's readiness, which decides whether this node may lead: the
-//! health section's check, through the forwarder's prober, folded to one boolean.
+//! health section's check, through the forwarder's prober, folded to one [`LocalHealth`]
+//! (which the BGP speaker gate, in `vip.mode = "bgp"`, completes).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -8,6 +9,47 @@ use tokio::sync::watch;
 
 use crate::config::{CheckKind, HealthConfig};
 use crate::health::{self, HealthSpec, Prober};
+
+/// What this node's own checks say about leading. The election sees one boolean,
+/// [`LocalHealth::ready`]; the parts are kept so that the log and `apivip status` name
+/// the check that failed: a holder that gives the VIP up because its BGP speaker is down
+/// must not be reported as having an unhealthy apiserver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalHealth {
+    /// The `[health]` check passes (always, with `check = "none"`).
+    pub apiserver: bool,
+    /// `vip.mode = "bgp"`: why the node's speaker cannot announce the VIP; None when it
+    /// can, or when nothing checks it.
+    pub speaker_down: Option<String>,
+}
+
+impl LocalHealth {
+    pub fn apiserver(healthy: bool) -> LocalHealth {
+        LocalHealth {
+            apiserver: healthy,
+            speaker_down: None,
+        }
+    }
+
+    /// Whether this node may lead.
+    pub fn ready(&self) -> bool {
+        self.apiserver && self.speaker_down.is_none()
+    }
+
+    /// Why this node may not lead, in words for the log and `apivip status`.
+    pub fn reason(&self) -> Option<String> {
+        let speaker = self
+            .speaker_down
+            .as_ref()
+            .map(|why| format!("BGP speaker cannot announce the VIP ({why})"));
+        match (self.apiserver, speaker) {
+            (true, None) => None,
+            (false, None) => Some("local apiserver unhealthy".into()),
+            (true, Some(s)) => Some(s),
+            (false, Some(s)) => Some(format!("local apiserver unhealthy; {s}")),
+        }
+    }
+}
 
 /// `https://IP[:PORT]/PATH` (or `IP:PORT` for a TCP check) to the target and path.
 pub fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
@@ -45,11 +87,11 @@ pub fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
     Ok((SocketAddr::new(ip, port), path))
 }
 
-/// Starts the configured check. The receiver says "ready"; the prober must be kept alive.
-pub fn local_health(cfg: &HealthConfig) -> Result<(watch::Receiver<bool>, Option<Prober>)> {
+/// Starts the configured check; the prober must be kept alive.
+pub fn local_health(cfg: &HealthConfig) -> Result<(watch::Receiver<LocalHealth>, Option<Prober>)> {
     let kind = match cfg.check {
         CheckKind::None => {
-            let (tx, rx) = watch::channel(true);
+            let (tx, rx) = watch::channel(LocalHealth::apiserver(true));
             // Keep the sender alive for the life of the process: a closed channel would
             // look like a change to the daemon's select loop.
             std::mem::forget(tx);
@@ -78,7 +120,7 @@ pub fn local_health(cfg: &HealthConfig) -> Result<(watch::Receiver<bool>, Option
     };
     let prober = Prober::spawn(target, spec).map_err(|e| anyhow!("health: {e}"))?;
     let mut states = prober.subscribe();
-    let (tx, rx) = watch::channel(states.borrow().healthy);
+    let (tx, rx) = watch::channel(LocalHealth::apiserver(states.borrow().healthy));
     tokio::spawn(async move {
         while states.changed().await.is_ok() {
             let s = states.borrow_and_update().clone();
@@ -87,7 +129,7 @@ pub fn local_health(cfg: &HealthConfig) -> Result<(watch::Receiver<bool>, Option
             {
                 tracing::warn!(error = %e, "local apiserver check failed");
             }
-            tx.send_if_modified(|h| std::mem::replace(h, s.healthy) != s.healthy);
+            tx.send_if_modified(|h| std::mem::replace(&mut h.apiserver, s.healthy) != s.healthy);
         }
     });
     Ok((rx, Some(prober)))

@@ -23,12 +23,13 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use apivip_proto::election::{
     Action, Admin, Event, Member, Node, NodeConfig, Notice, Persisted, Quorum as ElQuorum,
-    RoleName, VipState,
+    RoleName, TransferReason, VipState,
 };
 use apivip_proto::message::{Body, Message, NodeId};
 use apivip_proto::{Instant, Keyring};
 use tokio::sync::{mpsc, oneshot};
 
+use super::apiserver::LocalHealth;
 use super::clock::Clock;
 use super::vipctl::{HoldGate, VipDone, VipEvent, VipOp};
 use crate::backoff::{Backoff, LogThrottle};
@@ -159,7 +160,8 @@ pub struct Parts<O, S> {
     /// start-up silence lasts at least this long.
     pub silence_floor: Duration,
     pub seed: u64,
-    pub healthy: bool,
+    /// The local checks at start (the apiserver, and in BGP mode the speaker).
+    pub health: LocalHealth,
     /// The interface's state as the VIP worker found it at start.
     pub link_up: bool,
     pub vip_ops: mpsc::UnboundedSender<VipOp>,
@@ -203,6 +205,8 @@ pub struct Driver<O, S> {
     readiness: Arc<Readiness>,
     forwarder: Option<Arc<ForwarderHandle>>,
     forwarder_rt: Option<tokio::runtime::Handle>,
+    /// The local checks as last heard, to name the failing one in the log and status.
+    local_health: LocalHealth,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -217,7 +221,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
         node_cfg.silence_floor = p.silence_floor;
         let promise = node_cfg.timing.election_min;
         let now = p.clock.now();
-        let node = Node::new(node_cfg, p.persisted, p.healthy, p.seed, now);
+        let node = Node::new(node_cfg, p.persisted, p.health.ready(), p.seed, now);
         let mut d = Driver {
             cfg: p.cfg,
             sources: p.sources,
@@ -246,6 +250,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
             readiness: p.readiness,
             forwarder: p.forwarder,
             forwarder_rt: p.forwarder_rt,
+            local_health: p.health,
         };
         // Before any ack of this run can promise: the floor covers the longer of the
         // previous run's promises and this run's.
@@ -253,7 +258,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
             d.state_failed(e.to_string());
         }
         d.set_metric_peers();
-        d.metrics.set_apiserver_healthy(p.healthy);
+        d.metrics.set_apiserver_healthy(d.local_health.apiserver);
         d.metrics.set_role(Some(RoleName::Follower));
         let first = d.node.start(now);
         d.gate.set(d.node.vip_hold_until());
@@ -425,10 +430,28 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
         }
     }
 
-    pub fn health(&mut self, healthy: bool) {
-        self.metrics.set_apiserver_healthy(healthy);
-        tracing::info!(healthy, "local apiserver health changed");
-        self.handle(Event::Health(healthy));
+    /// A change in the local checks. The election hears only whether this node may lead;
+    /// the log says which check flipped, so a hand-over for a dead BGP speaker does not
+    /// read as an apiserver fault.
+    pub fn health(&mut self, h: LocalHealth) {
+        let prev = std::mem::replace(&mut self.local_health, h);
+        let now = &self.local_health;
+        self.metrics.set_apiserver_healthy(now.apiserver);
+        if prev.apiserver != now.apiserver {
+            tracing::info!(healthy = now.apiserver, "local apiserver health changed");
+        }
+        match (&prev.speaker_down, &now.speaker_down) {
+            (None, Some(why)) => tracing::info!(
+                reason = %why,
+                "BGP speaker cannot announce the VIP: this node may not lead"
+            ),
+            (Some(_), None) => tracing::info!("BGP speaker can announce the VIP again"),
+            _ => {}
+        }
+        let ready = now.ready();
+        if prev.ready() != ready {
+            self.handle(Event::Health(ready));
+        }
     }
 
     // ===== outputs =====
@@ -554,7 +577,13 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
                 }
             }
             Notice::TransferStarted { to, reason } => {
-                tracing::info!(to = ?to, reason = reason.as_str(), "handing over the VIP");
+                // The election knows only "not ready"; the local checks know which one.
+                let why = match reason {
+                    TransferReason::Unhealthy => self.local_health.reason(),
+                    _ => None,
+                }
+                .unwrap_or_else(|| reason.as_str().to_string());
+                tracing::info!(to = ?to, reason = %why, "handing over the VIP");
             }
             Notice::TransferRefused { reason } => {
                 tracing::warn!(%reason, "handover refused");
@@ -825,6 +854,7 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
             promise_remaining_ms: st.promise_remaining.map(ms),
             silent_remaining_ms: st.silent_remaining.map(ms),
             healthy: st.healthy,
+            not_ready: self.local_health.reason(),
             link_up: st.link_up,
             profile: self.cfg.election.profile.name().into(),
             protocol: self.cfg.election.protocol,

@@ -27,6 +27,7 @@ use crate::forward::ForwarderHandle;
 use crate::heartbeat::{Inbound, Transport};
 use crate::metrics::{Metrics, Readiness};
 use crate::state::Store;
+use apiserver::LocalHealth;
 use clock::{BootClock, Clock};
 use driver::{Driver, Parts, peer_addrs};
 pub use driver::{load_keys, load_keys_checked, node_config};
@@ -51,8 +52,8 @@ pub struct Setup {
     /// Where the config came from, to read it again on SIGHUP.
     pub sources: Sources,
     pub vip: VipSetup,
-    /// The local apiserver's readiness.
-    pub health: watch::Receiver<bool>,
+    /// The local checks: the apiserver's readiness, and in BGP mode the speaker's.
+    pub health: watch::Receiver<LocalHealth>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     /// The embedded forwarder, when it runs on this node.
@@ -108,7 +109,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
                 .and_then(|rt| {
                     rt.block_on(async move {
                         let transport = Transport::bind(local, codec, peer_addrs(&cfg))?;
-                        let healthy = *setup.health.borrow();
+                        let health = setup.health.borrow().clone();
                         let seed = epoch ^ (u64::from(cfg.node_id) << 32);
                         let persisted = store.state().election;
                         tracing::info!(
@@ -131,7 +132,7 @@ pub async fn run(loaded: Loaded, setup: Setup) -> Result<()> {
                             persisted,
                             silence_floor,
                             seed,
-                            healthy,
+                            health,
                             link_up: worker.link_up,
                             vip_ops: worker.ops,
                             gate,
@@ -158,7 +159,7 @@ async fn election_loop(
     mut d: Driver<Transport, Store>,
     mut vip_done: mpsc::UnboundedReceiver<VipDone>,
     mut vip_events: mpsc::UnboundedReceiver<vipctl::VipEvent>,
-    mut health: watch::Receiver<bool>,
+    mut health: watch::Receiver<LocalHealth>,
     mut calls: mpsc::Receiver<Call>,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -200,7 +201,7 @@ async fn election_loop(
             Some(done) = vip_done.recv() => d.vip_done(done),
             Some(ev) = vip_events.recv() => d.vip_event(ev),
             Ok(()) = health.changed() => {
-                let h = *health.borrow_and_update();
+                let h = health.borrow_and_update().clone();
                 d.health(h);
             }
             Some((req, reply)) = calls.recv() => d.control(req, reply),
