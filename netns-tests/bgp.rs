@@ -7,7 +7,7 @@
 mod bgp_lab;
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use apivip_testkit::netns::require_root;
 use bgp_lab::*;
@@ -27,6 +27,46 @@ fn ms(d: Duration) -> f64 {
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where the time went between a fault at `t0` (`wall0` on the wall clock) and the
+/// client being served by node `new`: its election and its claim (its log), its route
+/// at the router (the RIB sampler), each in ms after the fault. None: not seen.
+struct Breakdown {
+    leader: Option<Duration>,
+    claimed: Option<Duration>,
+    routed: Option<Duration>,
+}
+
+impl Breakdown {
+    fn read(lab: &Lab, new: usize, t0: Instant, wall0: SystemTime) -> Breakdown {
+        Breakdown {
+            leader: lab.logged(new, wall0, &["role changed", "role=\"leader\""]),
+            claimed: lab.logged(
+                new,
+                wall0,
+                &["VIP holder changed", &format!("holder={}", new + 1)],
+            ),
+            routed: lab.routed_to_node(new, t0, Duration::from_secs(3)),
+        }
+    }
+}
+
+impl std::fmt::Display for Breakdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.0}", ms(d)));
+        write!(
+            f,
+            "leader {} ms, VIP on its device {} ms, route at the router {} ms",
+            o(self.leader),
+            o(self.claimed),
+            o(self.routed)
+        )
+    }
+}
+
+fn node_of(who: &str) -> usize {
+    (0..3).find(|&i| name(i) == who).expect("a node's name")
 }
 
 /// Whether node i's namespace has the VIP on any device.
@@ -180,6 +220,7 @@ fn bgp_scenarios() {
 
     // SIGKILL of the holder, then its restart.
     let h = h2;
+    let wall0 = SystemTime::now();
     let t0 = Instant::now();
     lab.signal(h, "KILL");
     let withdrawn = lab
@@ -188,8 +229,9 @@ fn bgp_scenarios() {
     let (who, served) = lab
         .served_by_other(Some(h), t0, Duration::from_secs(5))
         .unwrap_or_else(|| panic!("not served after SIGKILL\n{}", lab.logs()));
+    let parts = Breakdown::read(&lab, node_of(&who), t0, wall0);
     println!(
-        "SIGKILL of node {}: route withdrawn at the router after {:.0} ms, client served by {who} after {:.0} ms",
+        "SIGKILL of node {}: route withdrawn at the router after {:.0} ms, client served by {who} after {:.0} ms ({parts})",
         h + 1,
         ms(withdrawn),
         ms(served)
@@ -282,9 +324,8 @@ fn bgp_scenarios() {
     let withdrawn = lab
         .withdrawn(h, t0, Duration::from_secs(3))
         .expect("the dead speaker's route withdrawn");
-    let (who, served) = lab
-        .served_by_other(Some(h), t0, Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no hand-over after the speaker died\n{}", lab.logs()));
+    // Polled before the client's answer is looked up: that lookup waits for overlapping
+    // probes to finish, which would make the release look late.
     let handed = wait(Duration::from_secs(3), || {
         (!has_vip(&lab, h)).then(|| t0.elapsed())
     })
@@ -295,12 +336,25 @@ fn bgp_scenarios() {
             lab.logs()
         )
     });
+    let (who, served) = lab
+        .served_by_other(Some(h), t0, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no hand-over after the speaker died\n{}", lab.logs()));
     println!(
         "speaker killed on node {}: route withdrawn after {:.0} ms, apivip released after {:.0} ms, client served by {who} after {:.0} ms",
         h + 1,
         ms(withdrawn),
         ms(handed),
         ms(served)
+    );
+    // The hand-over names the speaker, not the apiserver (which is fine).
+    let log = lab.log(h);
+    let handing = log
+        .lines()
+        .rfind(|l| l.contains("handing over the VIP"))
+        .unwrap_or_else(|| panic!("no hand-over logged by node {}:\n{log}", h + 1));
+    assert!(
+        handing.contains("BGP speaker cannot announce the VIP") && !handing.contains("apiserver"),
+        "{handing}"
     );
     let new = lab.wait_steady(Duration::from_secs(5));
     assert_ne!(new, h);
@@ -358,6 +412,8 @@ enum Fault {
 
 struct Figures {
     served: Option<Duration>,
+    /// The new holder's route in the router's table.
+    routed: Option<Duration>,
     withdrawn: Option<Duration>,
     /// Time during which the router had two next hops for the VIP.
     double: Duration,
@@ -373,6 +429,11 @@ fn one_run(lab: &mut Lab, fault: Fault, stuck: &mut u32) -> Figures {
     {
         for i in lab.sessions_down() {
             *stuck += 1;
+            eprintln!(
+                "node {}'s session still down 20 s after the fault was undone:\n{}",
+                i + 1,
+                lab.diagnose(i)
+            );
             lab.kill_bird(i);
             lab.start_bird(i);
         }
@@ -384,33 +445,29 @@ fn one_run(lab: &mut Lab, fault: Fault, stuck: &mut u32) -> Figures {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() % 200);
     std::thread::sleep(Duration::from_millis(200 + u64::from(phase)));
+    let wall0 = SystemTime::now();
     let t0 = Instant::now();
-    let dead = "add table netdev bgplab_dead\n\
-        add chain netdev bgplab_dead in { type filter hook ingress device eth0 priority -500; policy drop; }\n\
-        add table inet bgplab_dead\n\
-        add chain inet bgplab_dead out { type filter hook output priority -500; policy accept; }\n\
-        add rule inet bgplab_dead out oifname eth0 drop\n";
     match fault {
         Fault::Sigkill => lab.signal(h, "KILL"),
         Fault::LinkDown => lab.link(h, false),
-        Fault::LinkDead => {
-            let mut c = lab.command(&lab.node_ns(h), "nft");
-            c.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(dead.as_bytes())
-                .unwrap();
-            assert!(child.wait().unwrap().success(), "nft ingress drop");
-        }
+        Fault::LinkDead => lab.link_dead(h, true),
     }
-    let served = lab
-        .served_by_other(Some(h), t0, Duration::from_secs(15))
-        .map(|(_, d)| d);
+    let served = lab.served_by_other(Some(h), t0, Duration::from_secs(15));
     let withdrawn = lab.withdrawn(h, t0, Duration::from_secs(15));
+    let parts = served
+        .as_ref()
+        .map(|(who, _)| Breakdown::read(lab, node_of(who), t0, wall0));
+    eprintln!(
+        "{fault:?}, BFD {}: holder node {}, client served by {} after {}, old route withdrawn after {} ({})",
+        if lab.bfd() { "on" } else { "off" },
+        h + 1,
+        served.as_ref().map_or("nobody", |(w, _)| w.as_str()),
+        served
+            .as_ref()
+            .map_or("-".into(), |(_, d)| format!("{:.0} ms", ms(*d))),
+        withdrawn.map_or("-".into(), |d| format!("{:.0} ms", ms(d))),
+        parts.as_ref().map_or("-".into(), |p| p.to_string()),
+    );
     // Let a stale route show before the figures are read.
     std::thread::sleep(Duration::from_millis(500));
     let double = {
@@ -421,28 +478,15 @@ fn one_run(lab: &mut Lab, fault: Fault, stuck: &mut u32) -> Figures {
             .map(|w| w[1].at - w[0].at)
             .sum()
     };
+    let served = served.map(|(_, d)| d);
     match fault {
         Fault::Sigkill => lab.start(h),
         Fault::LinkDown => lab.link(h, true),
-        Fault::LinkDead => {
-            let st = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &lab.node_ns(h),
-                    "nft",
-                    "delete",
-                    "table",
-                    "inet",
-                    "bgplab_dead",
-                ])
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
+        Fault::LinkDead => lab.link_dead(h, false),
     }
     Figures {
         served,
+        routed: parts.and_then(|p| p.routed),
         withdrawn,
         double,
     }
@@ -495,13 +539,14 @@ fn bgp_failover_bench() {
                 .collect();
             let double: Vec<Option<Duration>> = runs.iter().map(|r| Some(r.double)).collect();
             rows.push(format!(
-                "| {fault:?} | {} | {n} | {} | {} | {} | {stuck} |",
+                "| {fault:?} | {} | {n} | {} | {} | {} | {} | {stuck} |",
                 if bfd {
                     "on (3 x 100 ms)"
                 } else {
                     "off (hold 9 s)"
                 },
                 stats(&runs.iter().map(|r| r.served).collect::<Vec<_>>()),
+                stats(&runs.iter().map(|r| r.routed).collect::<Vec<_>>()),
                 stats(&runs.iter().map(|r| r.withdrawn).collect::<Vec<_>>()),
                 stats(&double),
             ));
@@ -509,9 +554,9 @@ fn bgp_failover_bench() {
     }
     println!("\nBGP mode, apivip default profile; ms, min / median / max");
     println!(
-        "| fault | BFD | runs | client served by new holder | old route withdrawn at the router | two next hops at the router |"
+        "| fault | BFD | runs | client served by the new holder | new holder's route at the router | old route withdrawn at the router | two next hops at the router | sessions restarted |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use apivip::bgp::BirdCtl;
 use apivip_testkit::netns::{NsChild, in_netns};
@@ -33,8 +33,16 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const WHOAMI_PORT: u16 = 8080;
 pub const ROUTER_AS: u32 = 65000;
-/// How often the router's kernel table and the client are sampled.
+/// How often the router's kernel table is sampled and a client probe starts.
 pub const SAMPLE: Duration = Duration::from_millis(10);
+/// How long one client probe waits for its answer. Probes overlap (a new one starts
+/// every SAMPLE whatever the others do), so this bounds only a probe's own life: a SYN
+/// lost to a dead route cannot hold up the next probe, and the first answer from a new
+/// holder is seen within SAMPLE of its route, not up to a timeout later.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Probes in flight at most; past it a tick is skipped (only on a machine so loaded
+/// that probes pile up).
+const MAX_PROBES: usize = 64;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -92,10 +100,13 @@ pub struct RibSample {
     pub hops: Vec<Ipv4Addr>,
 }
 
-/// One sample of the client: who answered VIP:8080, if anyone.
+/// One client probe: a new TCP connection and `GET /` to VIP:8080, and who answered.
 #[derive(Clone, Debug)]
 pub struct ClientSample {
+    /// When the probe started.
     pub at: Instant,
+    /// When its answer came (or it gave up).
+    pub done: Instant,
     pub who: Option<String>,
 }
 
@@ -233,6 +244,10 @@ impl Lab {
         }
         lab.start_samplers();
         lab
+    }
+
+    pub fn bfd(&self) -> bool {
+        self.bfd
     }
 
     pub fn node_ns(&self, i: usize) -> String {
@@ -403,14 +418,29 @@ impl Lab {
         self.daemons[i] = Some(NsChild(c.spawn().expect("apivip run")));
     }
 
+    /// Sends `sig` (KILL, TERM, ...) to node i's apivip, directly: the kill's instant is
+    /// what failover times are measured from, and starting `kill` took a few ms (tens
+    /// on a loaded machine) that then counted as failover.
     pub fn signal(&mut self, i: usize, sig: &str) {
         let pid = self.daemons[i].as_ref().expect("running").0.id();
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} {pid}");
+        let signo = match sig {
+            "KILL" => libc::SIGKILL,
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "USR1" => libc::SIGUSR1,
+            "STOP" => libc::SIGSTOP,
+            "CONT" => libc::SIGCONT,
+            other => panic!("signal {other}: not one the lab sends"),
+        };
+        let pid_t = libc::pid_t::try_from(pid).expect("pid");
+        // SAFETY: kill(2) on our own child's pid, which is not reaped before this returns.
+        let r = unsafe { libc::kill(pid_t, signo) };
+        assert_eq!(
+            r,
+            0,
+            "kill -{sig} {pid}: {}",
+            std::io::Error::last_os_error()
+        );
         if sig == "KILL"
             && let Some(mut c) = self.daemons[i].take()
         {
@@ -463,6 +493,38 @@ impl Lab {
                 &router_addr(i).to_string(),
             ]));
         }
+    }
+
+    /// Node i's link silently dead, or alive again: every packet in and out of its eth0
+    /// dropped, with no carrier change, so only BFD or the hold time tell the router.
+    /// Undoing it removes both tables: a leftover ingress drop kept the router's session
+    /// in Connect for good (its SYNs were never answered), which is why
+    /// bench/failover-bgp used to stop after its first dead-link run.
+    pub fn link_dead(&self, i: usize, dead: bool) {
+        let script = if dead {
+            "add table netdev bgplab_dead\n\
+             add chain netdev bgplab_dead in { type filter hook ingress device eth0 priority -500; policy drop; }\n\
+             add table inet bgplab_dead\n\
+             add chain inet bgplab_dead out { type filter hook output priority -500; policy accept; }\n\
+             add rule inet bgplab_dead out oifname eth0 drop\n"
+        } else {
+            "delete table netdev bgplab_dead\ndelete table inet bgplab_dead\n"
+        };
+        let mut c = self.command(&self.node_ns(i), "nft");
+        c.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = c.spawn().expect("nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("nft script");
+        assert!(
+            child.wait().expect("nft").success(),
+            "nft link dead={dead} in node {}",
+            i + 1
+        );
     }
 
     /// Drops node i's traffic to and from the other nodes (not the router, not the client).
@@ -522,12 +584,32 @@ impl Lab {
         self.samplers.push(std::thread::spawn(move || {
             let _ = in_netns(&ns, || {
                 let target = SocketAddr::new(IpAddr::V4(VIP), WHOAMI_PORT);
+                // A probe waits for its answer on a thread of its own (threads inherit
+                // the client's namespace), so one stuck behind a dead route does not
+                // delay the next: one sequential prober measured up to its timeout late.
+                let mut probes: Vec<std::thread::JoinHandle<()>> = Vec::new();
+                let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let at = Instant::now();
-                    let who =
-                        apivip_testkit::testbed::whoami_once(target, Duration::from_millis(100));
-                    client.lock().unwrap().push(ClientSample { at, who });
-                    std::thread::sleep(SAMPLE.saturating_sub(at.elapsed()));
+                    probes.retain(|p| !p.is_finished());
+                    if probes.len() < MAX_PROBES {
+                        let client = client.clone();
+                        probes.push(std::thread::spawn(move || {
+                            let at = Instant::now();
+                            let who = apivip_testkit::testbed::whoami_once(target, PROBE_TIMEOUT);
+                            let done = Instant::now();
+                            client.lock().unwrap().push(ClientSample { at, done, who });
+                        }));
+                    }
+                    next += SAMPLE;
+                    let now = Instant::now();
+                    if next < now {
+                        // Behind (a loaded machine): start again from now, no burst.
+                        next = now;
+                    }
+                    std::thread::sleep(next - now);
+                }
+                for p in probes {
+                    let _ = p.join();
                 }
             });
         }));
@@ -575,7 +657,10 @@ impl Lab {
         })
     }
 
-    /// The first client answer after `since` from someone other than `not`.
+    /// The first client answer after `since` from someone other than `not`: who, and
+    /// when the answer came. Probes overlap, so the earliest answer is sought, not the
+    /// first one stored; a probe still in flight may answer earlier than one stored, so
+    /// the search ends once every probe started before the match has finished.
     pub fn served_by_other(
         &self,
         not: Option<usize>,
@@ -583,16 +668,35 @@ impl Lab {
         within: Duration,
     ) -> Option<(String, Duration)> {
         let not = not.map(name);
-        wait(within, || {
+        let first = || {
             self.client
                 .lock()
                 .unwrap()
                 .iter()
                 .filter(|s| s.at >= since)
-                .find_map(|s| {
-                    let w = s.who.as_ref()?;
-                    (Some(w) != not.as_ref()).then(|| (w.clone(), s.at.duration_since(since)))
-                })
+                .filter(|s| s.who.as_ref().is_some_and(|w| Some(w) != not.as_ref()))
+                .min_by_key(|s| s.done)
+                .map(|s| (s.who.clone().unwrap_or_default(), s.done))
+        };
+        let (_, found) = wait(within, first)?;
+        // Anything started before `found` ends by found + PROBE_TIMEOUT.
+        std::thread::sleep(
+            (found + PROBE_TIMEOUT + SAMPLE).saturating_duration_since(Instant::now()),
+        );
+        first().map(|(w, done)| (w, done.duration_since(since)))
+    }
+
+    /// The first RIB sample after `since` with node i among the next hops (alone, unless a
+    /// stale route lingers: `multi_hop_samples` counts those).
+    pub fn routed_to_node(&self, i: usize, since: Instant, within: Duration) -> Option<Duration> {
+        let via = node_addr(i);
+        wait(within, || {
+            self.rib
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.at >= since && s.hops.contains(&via))
+                .map(|s| s.at.duration_since(since))
         })
     }
 
@@ -612,6 +716,81 @@ impl Lab {
                     .any(|x| x.name == format!("n{}", i + 1) && x.established())
             })
             .collect()
+    }
+
+    /// What the router and node i say about their session, their neighbour entries and
+    /// node i's filters: printed when a session stays down, to tell a BIRD timer from a
+    /// link or filter the lab failed to restore.
+    pub fn diagnose(&self, i: usize) -> String {
+        let show = |cmd: &mut Command| match cmd.output() {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("{cmd:?}: {e}\n"),
+        };
+        let router = self.router_ns();
+        let node = self.node_ns(i);
+        let n = format!("n{}", i + 1);
+        let mut out = String::new();
+        for (what, mut cmd) in [
+            ("router: birdc show protocols all", {
+                let mut c = Command::new("birdc");
+                c.arg("-s").arg(self.router_socket()).args([
+                    "show",
+                    "protocols",
+                    "all",
+                    n.as_str(),
+                ]);
+                c
+            }),
+            ("node: birdc show protocols all", {
+                let mut c = Command::new("birdc");
+                c.arg("-s").arg(self.bird_socket(i)).args([
+                    "show",
+                    "protocols",
+                    "all",
+                    "apivip_r1",
+                ]);
+                c
+            }),
+            ("router: ip neigh", {
+                let mut c = Command::new("ip");
+                c.args(["-n", router.as_str(), "neigh", "show", "dev", n.as_str()]);
+                c
+            }),
+            ("router: ip addr", {
+                let mut c = Command::new("ip");
+                c.args([
+                    "-n",
+                    router.as_str(),
+                    "-br",
+                    "addr",
+                    "show",
+                    "dev",
+                    n.as_str(),
+                ]);
+                c
+            }),
+            ("node: ip addr", {
+                let mut c = Command::new("ip");
+                c.args(["-n", node.as_str(), "-br", "addr"]);
+                c
+            }),
+            ("node: ip route", {
+                let mut c = Command::new("ip");
+                c.args(["-n", node.as_str(), "route"]);
+                c
+            }),
+            ("node: nft list ruleset", self.command(&node, "nft")),
+        ] {
+            if what.starts_with("node: nft") {
+                cmd.args(["list", "ruleset"]);
+            }
+            out.push_str(&format!("--- {what}\n{}", show(&mut cmd)));
+        }
+        out
     }
 
     /// Waits until the router has every node's session established.
@@ -655,6 +834,18 @@ impl Lab {
         })
     }
 
+    /// When node i's apivip first logged, at or after `since` (wall clock), a line holding
+    /// every one of `needles`: its offset from `since`. The log's timestamps are UTC
+    /// RFC 3339 with microseconds (tracing's default), so they line up with the RIB
+    /// sampler's to within the clocks' read times.
+    pub fn logged(&self, i: usize, since: SystemTime, needles: &[&str]) -> Option<Duration> {
+        self.log(i)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .filter_map(|l| log_time(l.split_whitespace().next()?))
+            .find_map(|t| t.duration_since(since).ok())
+    }
+
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
     }
@@ -677,6 +868,39 @@ impl Lab {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// `2026-12-04T08:21:28.123456Z` as a SystemTime.
+fn log_time(stamp: &str) -> Option<SystemTime> {
+    let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    // Days from 1970-01-01 to a civil date (the proleptic Gregorian calendar).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let nanos: u64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(days * 86_400 + h * 3_600 + min * 60 + sec)
+            + Duration::from_nanos(nanos),
+    )
+}
+
+#[test]
+fn log_times_are_read() {
+    let t = log_time("2026-12-04T08:21:28.123456Z").unwrap();
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    // date -u -d 2026-12-04T08:21:28Z +%s
+    assert_eq!(d.as_secs(), 1_796_372_488);
+    assert_eq!(d.subsec_micros(), 123_456);
+    assert!(log_time("2026-12-04 08:21:28").is_none());
 }
 
 fn tail(s: &str, n: usize) -> String {
