@@ -445,7 +445,9 @@ impl<O: Outbox, S: Persist> Driver<O, S> {
                 reason = %why,
                 "BGP speaker cannot announce the VIP: this node may not lead"
             ),
-            (Some(_), None) => tracing::info!("BGP speaker can announce the VIP again"),
+            (Some(_), None) => {
+                tracing::info!("BGP speaker can announce the VIP: this node may lead")
+            }
             _ => {}
         }
         let ready = now.ready();
