@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::backoff::LogThrottle;
 use crate::config::{Config, ConfigError, Loaded, Placement, VipMode};
 use crate::daemon::apiserver::LocalHealth;
 use crate::doctor::{Check, Status};
@@ -617,6 +618,42 @@ fn ready_on(ctl: &mut BirdCtl, routers: &[IpAddr]) -> Result<(), String> {
 
 // ===== the speaker gate =====
 
+/// While the speaker stays down its state text can flip every few seconds (BIRD's
+/// Active / Connect as it retries): a new reason is logged at most this often.
+const REASON_LOG_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, PartialEq, Eq)]
+enum SpeakerLine {
+    Ready,
+    NotReady { error: String, held_back: u64 },
+}
+
+/// The line to log for this check, if any. Going up or down is always logged (the
+/// operator must see every gate change); a changed reason while it stays down is logged
+/// through `throttle`, with the count of reasons held back.
+fn log_change(
+    last: Option<&Result<(), String>>,
+    now: &Result<(), String>,
+    throttle: &mut LogThrottle,
+) -> Option<SpeakerLine> {
+    match (last, now) {
+        (Some(a), b) if a == b => None,
+        (_, Ok(())) => Some(SpeakerLine::Ready),
+        (Some(Err(_)), Err(e)) => throttle.allow().map(|held_back| SpeakerLine::NotReady {
+            error: e.clone(),
+            held_back,
+        }),
+        (_, Err(e)) => {
+            // A fresh outage: logged now, and the throttle's window starts from it.
+            *throttle = LogThrottle::new(REASON_LOG_EVERY);
+            throttle.allow().map(|held_back| SpeakerLine::NotReady {
+                error: e.clone(),
+                held_back,
+            })
+        }
+    }
+}
+
 /// `apiserver` completed with the speaker's readiness, checked every `check_interval` on
 /// a thread of its own over one kept-open control connection. A node whose speaker is
 /// down, or has no session to a router, does not campaign, and a leader hands the VIP to
@@ -637,6 +674,7 @@ pub fn gate(
             let timeout = Duration::from_secs(1);
             let mut ctl: Option<BirdCtl> = None;
             let mut last: Option<Result<(), String>> = None;
+            let mut reason_log = LogThrottle::new(REASON_LOG_EVERY);
             loop {
                 let r = match ctl.as_mut() {
                     Some(c) => ready_on(c, &routers),
@@ -654,10 +692,10 @@ pub fn gate(
                     // socket: always connect afresh after a failure.
                     ctl = None;
                 }
-                if last.as_ref() != Some(&r) {
-                    match &r {
-                        Ok(()) => tracing::info!("BGP speaker ready: a session to a router is up"),
-                        Err(e) => tracing::warn!(error = %e, "BGP speaker not ready: this node will not hold the VIP"),
+                if let Some(line) = log_change(last.as_ref(), &r, &mut reason_log) {
+                    match line {
+                        SpeakerLine::Ready => tracing::info!("BGP speaker ready: a session to a router is up"),
+                        SpeakerLine::NotReady { error, held_back } => tracing::warn!(error = %error, held_back, "BGP speaker not ready: this node will not hold the VIP"),
                     }
                 }
                 let down = r.as_ref().err().cloned();
@@ -816,6 +854,41 @@ pub fn doctor_checks(c: &Config) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// BIRD flipping Active / Connect while it retries gave a warning every few seconds:
+    /// within an outage a new reason is held back, but every up and down is logged.
+    #[test]
+    fn a_flapping_reason_is_logged_once_per_window_and_each_gate_change_always() {
+        let mut t = LogThrottle::new(REASON_LOG_EVERY);
+        let down = |s: &str| Err::<(), String>(s.to_string());
+        let first = log_change(None, &down("Active"), &mut t);
+        assert_eq!(
+            first,
+            Some(SpeakerLine::NotReady {
+                error: "Active".into(),
+                held_back: 0
+            })
+        );
+        let mut logged = 0;
+        let mut prev = down("Active");
+        for i in 0..20 {
+            let now = down(if i % 2 == 0 { "Connect" } else { "Active" });
+            logged += usize::from(log_change(Some(&prev), &now, &mut t).is_some());
+            prev = now;
+        }
+        assert_eq!(logged, 0, "reason changes inside the window are held back");
+        assert_eq!(log_change(Some(&prev), &prev.clone(), &mut t), None);
+        assert_eq!(
+            log_change(Some(&prev), &Ok(()), &mut t),
+            Some(SpeakerLine::Ready)
+        );
+        // A new outage right after is logged at once, whatever the window.
+        assert!(matches!(
+            log_change(Some(&Ok(())), &down("Connect"), &mut t),
+            Some(SpeakerLine::NotReady { held_back: 0, .. })
+        ));
+        assert_eq!(log_change(None, &Ok(()), &mut t), Some(SpeakerLine::Ready));
+    }
     use std::io::Read;
     use std::os::unix::net::UnixListener;
 
