@@ -541,6 +541,123 @@ fn a_promise_ends_exactly_at_e_min() {
 
 /// Rule M1 on heartbeats and acks: a node outside the member list is neither followed nor
 /// acked, and its acks build no lease (`is_member`).
+/// The daemon's role line, metrics and status follow this notice: one per change of
+/// (role, term, leader), none while they stay the same.
+#[test]
+fn a_role_change_is_noticed_once() {
+    use apivip_proto::election::Notice;
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 1, t0);
+    n.start(t0);
+    let mut now = t0 + t.election_max + Duration::from_millis(1);
+    let mut seen = Vec::new();
+    for (seq, (from, term)) in (1u64..).zip([(2, 1), (2, 1), (2, 1), (3, 2), (3, 2)]) {
+        let acts = n.handle(
+            now,
+            Event::Message {
+                from,
+                msg: heartbeat(term, seq),
+            },
+        );
+        seen.extend(acts.iter().filter_map(|a| match a {
+            Action::Notice(Notice::Role { role, term, leader }) => Some((*role, *term, *leader)),
+            _ => None,
+        }));
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (RoleName::Follower, 1, Some(2)),
+            (RoleName::Follower, 2, Some(3))
+        ]
+    );
+}
+
+/// Drills and `status` time a move by this notice: once per holder and term, not per
+/// heartbeat, and only for heartbeats that say the VIP is held.
+#[test]
+fn a_holder_is_noticed_once_per_term() {
+    use apivip_proto::election::Notice;
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 1, t0);
+    n.start(t0);
+    let mut now = t0 + t.election_max + Duration::from_millis(1);
+    let mut seen = Vec::new();
+    // (from, term, holds the VIP)
+    let beats = [
+        (2, 1, false),
+        (2, 1, true),
+        (2, 1, true),
+        (2, 1, true),
+        (3, 2, true),
+        (3, 2, true),
+        (3, 3, true),
+    ];
+    for (seq, (from, term, holds)) in (1u64..).zip(beats) {
+        let mut msg = heartbeat(term, seq);
+        if let Body::Heartbeat(hb) = &mut msg.body {
+            hb.flags = hb.flags.with(Flags::HOLDS_VIP, holds);
+        }
+        let acts = n.handle(now, Event::Message { from, msg });
+        seen.extend(acts.iter().filter_map(|a| match a {
+            Action::Notice(Notice::Holder { id, term }) => Some((*id, *term)),
+            _ => None,
+        }));
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(seen, vec![(2, 1), (3, 2), (3, 3)]);
+}
+
+/// The daemon counts and logs strangers from this notice: one per stranger, the first
+/// time it is heard, and never one for a member.
+#[test]
+fn a_stranger_is_noticed_once_and_a_member_never() {
+    use apivip_proto::election::Notice;
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 1, t0);
+    n.start(t0);
+    let non_member_notices = |acts: &[Action]| {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Notice(Notice::NonMember { id }) => Some(*id),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut now = t0 + t.election_max + Duration::from_millis(1);
+    let mut seq = 0;
+    for from in [2, 3, 2] {
+        seq += 1;
+        let acts = n.handle(
+            now,
+            Event::Message {
+                from,
+                msg: heartbeat(1, seq),
+            },
+        );
+        assert!(non_member_notices(&acts).is_empty(), "member {from}");
+        now += Duration::from_millis(10);
+    }
+    let mut seen = Vec::new();
+    for from in [4, 4, 5, 4, 5] {
+        seq += 1;
+        let acts = n.handle(
+            now,
+            Event::Message {
+                from,
+                msg: heartbeat(1, seq),
+            },
+        );
+        seen.extend(non_member_notices(&acts));
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(seen, vec![4, 5]);
+}
+
 #[test]
 fn non_members_are_neither_followed_nor_counted() {
     let t = Profile::Default.timing();
