@@ -891,3 +891,85 @@ fn the_hold_limit_ends_with_the_vip_or_a_handover() {
     drill.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
     assert_eq!(drill.vip_hold_until(), None, "handing over");
 }
+
+/// What a leader's and a follower's handover entry points start or refuse: link down and
+/// shutdown hand over once and only from a leader, a transfer to a node that cannot take
+/// over is refused, and a follower refuses every transfer.
+#[test]
+fn link_down_shutdown_and_transfers_start_a_handover_only_when_they_should() {
+    use apivip_proto::election::{Admin, Notice, TransferReason};
+    fn started(acts: &[Action]) -> Vec<TransferReason> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Notice(Notice::TransferStarted { reason, .. }) => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+    fn refused(acts: &[Action]) -> bool {
+        acts.iter()
+            .any(|a| matches!(a, Action::Notice(Notice::TransferRefused { .. })))
+    }
+    let t0 = Instant::from_nanos(0);
+    let leader = |seed| {
+        let mut n = Node::new(three(1), Persisted::default(), true, seed, t0);
+        let now = lead_with_peers(&mut n, t0);
+        n.handle(now, Event::VipApplied { ok: true });
+        (n, now)
+    };
+
+    // Link: up changes nothing, down hands over once.
+    let (mut l, now) = leader(3);
+    assert_eq!(started(&l.handle(now, Event::Link(true))), vec![]);
+    assert_eq!(
+        started(&l.handle(now, Event::Link(false))),
+        vec![TransferReason::LinkDown]
+    );
+    assert_eq!(started(&l.handle(now, Event::Link(false))), vec![]);
+
+    // Shutdown: hands over once; a second request changes nothing.
+    let (mut l, now) = leader(3);
+    assert_eq!(
+        started(&l.handle(now, Event::Admin(Admin::Shutdown))),
+        vec![TransferReason::Shutdown]
+    );
+    assert_eq!(
+        started(&l.handle(now, Event::Admin(Admin::Shutdown))),
+        vec![]
+    );
+    // ...and while a drill's handover runs, shutdown starts no second one.
+    let (mut l, now) = leader(3);
+    let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    assert_eq!(started(&acts), vec![TransferReason::Admin]);
+    assert_eq!(
+        started(&l.handle(now, Event::Admin(Admin::Shutdown))),
+        vec![]
+    );
+
+    // A transfer to a node that is not a member is refused; to nobody in particular it
+    // goes to the best follower.
+    let (mut l, now) = leader(3);
+    let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(9) }));
+    assert!(refused(&acts) && started(&acts).is_empty(), "{acts:?}");
+    let acts = l.handle(now, Event::Admin(Admin::Transfer { to: None }));
+    assert_eq!(started(&acts), vec![TransferReason::Admin], "{acts:?}");
+
+    // A follower: link down, shutdown and transfers start nothing.
+    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+    f.start(t0);
+    let now = t0 + ms(10);
+    f.handle(
+        now,
+        Event::Message {
+            from: 1,
+            msg: heartbeat(1, 1),
+        },
+    );
+    assert_eq!(started(&f.handle(now, Event::Link(false))), vec![]);
+    assert_eq!(
+        started(&f.handle(now, Event::Admin(Admin::Shutdown))),
+        vec![]
+    );
+    let acts = f.handle(now, Event::Admin(Admin::Transfer { to: Some(3) }));
+    assert!(refused(&acts) && started(&acts).is_empty(), "{acts:?}");
+}
