@@ -973,3 +973,38 @@ fn link_down_shutdown_and_transfers_start_a_handover_only_when_they_should() {
     let acts = f.handle(now, Event::Admin(Admin::Transfer { to: Some(3) }));
     assert!(refused(&acts) && started(&acts).is_empty(), "{acts:?}");
 }
+
+/// The daemon exits on ShutdownReady: a follower with nothing held is ready at once; a
+/// leader holding the VIP is not ready while it still leads.
+#[test]
+fn shutdown_is_ready_only_without_the_lead_or_the_vip() {
+    use apivip_proto::election::{Admin, Notice};
+    fn ready(acts: &[Action]) -> bool {
+        acts.iter()
+            .any(|a| matches!(a, Action::Notice(Notice::ShutdownReady)))
+    }
+    let t0 = Instant::from_nanos(0);
+    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+    f.start(t0);
+    // start removes any stale VIP first; the kernel confirms.
+    f.handle(t0, Event::VipReleased);
+    let now = t0 + ms(10);
+    f.handle(
+        now,
+        Event::Message {
+            from: 1,
+            msg: heartbeat(1, 1),
+        },
+    );
+    // Readiness is checked when the node next polls: the following event.
+    let mut acts = f.handle(now, Event::Admin(Admin::Shutdown));
+    acts.extend(f.handle(now, Event::Timer));
+    assert!(ready(&acts), "{acts:?}");
+
+    let mut l = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut l, t0);
+    l.handle(now, Event::VipApplied { ok: true });
+    let mut acts = l.handle(now, Event::Admin(Admin::Shutdown));
+    acts.extend(l.handle(now, Event::Timer));
+    assert!(!ready(&acts), "{acts:?}");
+}
