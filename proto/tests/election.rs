@@ -1008,3 +1008,44 @@ fn shutdown_is_ready_only_without_the_lead_or_the_vip() {
     acts.extend(l.handle(now, Event::Timer));
     assert!(!ready(&acts), "{acts:?}");
 }
+
+/// The bound is exact: a term of MAX_TERM is followed, MAX_TERM + 1 is refused even from
+/// a node whose own term is within the leap of it.
+#[test]
+fn max_term_is_the_last_term_followed() {
+    use apivip_proto::election::Notice;
+    use apivip_proto::message::MAX_TERM;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(
+        three(1),
+        Persisted {
+            term: MAX_TERM - 1,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    n.start(t0);
+    n.handle(
+        t0 + ms(10),
+        Event::Message {
+            from: 2,
+            msg: heartbeat(MAX_TERM, 1),
+        },
+    );
+    assert_eq!(n.term(), MAX_TERM, "MAX_TERM itself not followed");
+    let acts = n.handle(
+        t0 + ms(20),
+        Event::Message {
+            from: 2,
+            msg: heartbeat(MAX_TERM + 1, 2),
+        },
+    );
+    assert_eq!(n.term(), MAX_TERM);
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Notice(Notice::TermRefused { from: 2, .. }))),
+        "{acts:?}"
+    );
+}
