@@ -1049,3 +1049,45 @@ fn max_term_is_the_last_term_followed() {
         "{acts:?}"
     );
 }
+
+/// `apivip status` prints this snapshot: the leader's lease, which member is this node,
+/// whether a peer has the same member list, and a follower's promise that ends exactly
+/// at its deadline.
+#[test]
+fn status_reports_lease_self_members_and_promise() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut l = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut l, t0);
+    l.handle(now, Event::VipApplied { ok: true });
+    let s = l.status(now);
+    assert!(
+        s.lease_remaining.is_some_and(|d| d > Duration::ZERO),
+        "{s:?}"
+    );
+    let selves: Vec<u32> = s
+        .members
+        .iter()
+        .filter(|m| m.is_self)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(selves, vec![1]);
+
+    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+    f.start(t0);
+    let heard = t0 + ms(10);
+    f.handle(
+        heard,
+        Event::Message {
+            from: 1,
+            msg: heartbeat(1, 1), // members_hash 0: not this node's list
+        },
+    );
+    let s = f.status(heard);
+    assert_eq!(s.lease_remaining, None);
+    let one = s.members.iter().find(|m| m.id == 1).expect("member 1");
+    assert_eq!(one.same_members, Some(false), "{one:?}");
+    assert_eq!(s.promise_remaining, Some(t.election_min), "{s:?}");
+    let s = f.status(heard + t.election_min);
+    assert_eq!(s.promise_remaining, None, "{s:?}");
+}
