@@ -1091,3 +1091,68 @@ fn status_reports_lease_self_members_and_promise() {
     let s = f.status(heard + t.election_min);
     assert_eq!(s.promise_remaining, None, "{s:?}");
 }
+
+/// A reload with slower timings pushes a follower's election deadline out to the new
+/// timeout at least (its leader may already run the slower heartbeats); a reload that
+/// leaves the timings alone moves no deadline.
+#[test]
+fn a_timing_reload_pushes_a_followers_deadline_and_no_other_reload_does() {
+    let slow = Profile::Strict.timing();
+    let t0 = Instant::from_nanos(0);
+    let follower = || {
+        let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+        f.start(t0);
+        f.handle(t0, Event::VipReleased);
+        let heard = t0 + ms(10);
+        f.handle(
+            heard,
+            Event::Message {
+                from: 1,
+                msg: heartbeat(1, 1),
+            },
+        );
+        (f, heard)
+    };
+    let (mut f, heard) = follower();
+    let at = heard + ms(100);
+    f.handle(
+        at,
+        Event::Reconfigure(NodeConfig::new(2, members(&[1, 2, 3]), slow.clone())),
+    );
+    let next = f.next_timer().expect("a timer");
+    assert!(
+        next >= at + slow.election_min,
+        "deadline {next:?} before the new E_min after {at:?}"
+    );
+
+    // An unchanged timing: the follower campaigns when one without the reload does.
+    fn campaigns_at(f: &mut Node) -> Instant {
+        for _ in 0..1000 {
+            let now = f.next_timer().expect("a timer");
+            let acts = f.handle(now, Event::Timer);
+            if acts.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        msg: Message {
+                            body: Body::PreVoteRequest(_),
+                            ..
+                        },
+                        ..
+                    }
+                )
+            }) {
+                return now;
+            }
+        }
+        panic!("never campaigned");
+    }
+    let (mut plain, heard) = follower();
+    let (mut reloaded, _) = follower();
+    reloaded.handle(heard + ms(300), Event::Reconfigure(three(2)));
+    assert_eq!(
+        campaigns_at(&mut reloaded),
+        campaigns_at(&mut plain),
+        "an unchanged timing moved the deadline"
+    );
+}
