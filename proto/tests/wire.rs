@@ -1745,3 +1745,25 @@ fn versions_follow_what_each_peer_speaks() {
         .expect("version 1 again");
     assert_eq!(back.version, 1);
 }
+
+/// A heartbeat says "every member speaks 2" only when the daemon set it and this codec
+/// itself speaks 2: a node held to protocol 1 must never tell its peers to move on.
+#[test]
+fn all_speak_2_is_said_only_when_set_and_spoken() {
+    let said = |max: u8, all: bool| {
+        let mut s = codec(1, 1);
+        s.set_max_version(max);
+        s.set_all_speak_2(all);
+        let bytes = s.encode(2, &heartbeat(1));
+        codec(2, 1)
+            .decode(&bytes)
+            .expect("the heartbeat decodes")
+            .all_speak_2
+    };
+    assert!(said(2, true));
+    assert!(!said(2, false));
+    assert!(
+        !said(1, true),
+        "a protocol-1 node said every member speaks 2"
+    );
+}
