@@ -1767,3 +1767,14 @@ fn all_speak_2_is_said_only_when_set_and_spoken() {
         "a protocol-1 node said every member speaks 2"
     );
 }
+
+/// The daemon reports and logs the protocol it speaks from this accessor.
+#[test]
+fn max_version_reports_what_the_codec_speaks() {
+    let mut c = codec(1, 1);
+    assert_eq!(c.max_version(), 2);
+    c.set_max_version(1);
+    assert_eq!(c.max_version(), 1);
+    c.set_max_version(9);
+    assert_eq!(c.max_version(), 2, "clamped to what this build knows");
+}
