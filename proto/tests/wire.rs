@@ -1778,3 +1778,22 @@ fn max_version_reports_what_the_codec_speaks() {
     c.set_max_version(9);
     assert_eq!(c.max_version(), 2, "clamped to what this build knows");
 }
+
+/// `apivip status` shows these: who this codec is, its boot epoch, and what each peer
+/// said it speaks.
+#[test]
+fn accessors_report_identity_epoch_and_peer_versions() {
+    let mut me = codec(7, 42);
+    assert_eq!(me.me(), 7);
+    assert_eq!(me.epoch(), 42);
+    assert!(me.peer_versions().is_empty());
+    let mut peer = codec(3, 5);
+    peer.set_max_version(1);
+    me.decode(&peer.encode(7, &heartbeat(1)))
+        .expect("the peer's heartbeat decodes");
+    let mut newer = codec(4, 5);
+    me.decode(&newer.encode(7, &heartbeat(1)))
+        .expect("the newer peer's heartbeat decodes");
+    let seen: Vec<(NodeId, u8)> = me.peer_versions().iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(seen, vec![(3, 1), (4, 2)]);
+}
