@@ -1797,3 +1797,21 @@ fn accessors_report_identity_epoch_and_peer_versions() {
     let seen: Vec<(NodeId, u8)> = me.peer_versions().iter().map(|(k, v)| (*k, *v)).collect();
     assert_eq!(seen, vec![(3, 1), (4, 2)]);
 }
+
+/// A datagram of exactly header + MAC passes the size floor and is judged by the body
+/// length its header states: the error names the length that was needed.
+#[test]
+fn a_datagram_at_the_size_floor_is_judged_by_its_stated_body() {
+    let floor = HEADER_LEN + MAC_LEN;
+    let mut bytes = codec(1, 1).encode(2, &heartbeat(1));
+    assert!(bytes.len() > floor);
+    let full = bytes.len();
+    bytes.truncate(floor);
+    assert_eq!(
+        codec(2, 1).decode(&bytes).map(|r| r.from),
+        Err(DecodeError::Truncated {
+            len: floor,
+            need: full
+        })
+    );
+}
