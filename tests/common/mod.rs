@@ -115,6 +115,19 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
 
+    /// Waits until node `id`'s log contains `needle`; panics with the log after `within`.
+    pub fn wait_log(&self, id: u32, needle: &str, within: Duration) {
+        let start = std::time::Instant::now();
+        while !self.log(id).contains(needle) {
+            assert!(
+                start.elapsed() < within,
+                "node {id} never logged {needle:?}:\n{}",
+                self.log(id)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn holders(&self) -> Vec<u32> {
         let mut v: Vec<u32> = std::fs::read_dir(self.vip_dir())
             .map(|rd| {
