@@ -449,6 +449,31 @@ fn three(id: u32) -> NodeConfig {
     NodeConfig::new(id, members(&[1, 2, 3]), Profile::Default.timing())
 }
 
+/// Node 1 of three, leading with the VIP held (seed 3), and the time it got there.
+fn holding_leader(t0: Instant) -> (Node, Instant) {
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut n, t0);
+    n.handle(now, Event::VipApplied { ok: true });
+    (n, now)
+}
+
+/// Node 2 of three with no VIP (start's stale-VIP removal confirmed), following node 1
+/// after its heartbeat at t0 + 10 ms, and that time.
+fn follower_of_1(t0: Instant) -> (Node, Instant) {
+    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+    f.start(t0);
+    f.handle(t0, Event::VipReleased);
+    let heard = t0 + ms(10);
+    f.handle(
+        heard,
+        Event::Message {
+            from: 1,
+            msg: heartbeat(1, 1),
+        },
+    );
+    (f, heard)
+}
+
 /// The start-up silence ends exactly at start + E_max: a vote request at that instant is
 /// granted, one a nanosecond earlier is refused (`silent` is `now < silent_until`).
 #[test]
@@ -911,15 +936,9 @@ fn link_down_shutdown_and_transfers_start_a_handover_only_when_they_should() {
             .any(|a| matches!(a, Action::Notice(Notice::TransferRefused { .. })))
     }
     let t0 = Instant::from_nanos(0);
-    let leader = |seed| {
-        let mut n = Node::new(three(1), Persisted::default(), true, seed, t0);
-        let now = lead_with_peers(&mut n, t0);
-        n.handle(now, Event::VipApplied { ok: true });
-        (n, now)
-    };
 
     // Link: up changes nothing, down hands over once.
-    let (mut l, now) = leader(3);
+    let (mut l, now) = holding_leader(t0);
     assert_eq!(started(&l.handle(now, Event::Link(true))), vec![]);
     assert_eq!(
         started(&l.handle(now, Event::Link(false))),
@@ -928,7 +947,7 @@ fn link_down_shutdown_and_transfers_start_a_handover_only_when_they_should() {
     assert_eq!(started(&l.handle(now, Event::Link(false))), vec![]);
 
     // Shutdown: hands over once; a second request changes nothing.
-    let (mut l, now) = leader(3);
+    let (mut l, now) = holding_leader(t0);
     assert_eq!(
         started(&l.handle(now, Event::Admin(Admin::Shutdown))),
         vec![TransferReason::Shutdown]
@@ -938,7 +957,7 @@ fn link_down_shutdown_and_transfers_start_a_handover_only_when_they_should() {
         vec![]
     );
     // ...and while a drill's handover runs, shutdown starts no second one.
-    let (mut l, now) = leader(3);
+    let (mut l, now) = holding_leader(t0);
     let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
     assert_eq!(started(&acts), vec![TransferReason::Admin]);
     assert_eq!(
@@ -948,23 +967,14 @@ fn link_down_shutdown_and_transfers_start_a_handover_only_when_they_should() {
 
     // A transfer to a node that is not a member is refused; to nobody in particular it
     // goes to the best follower.
-    let (mut l, now) = leader(3);
+    let (mut l, now) = holding_leader(t0);
     let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(9) }));
     assert!(refused(&acts) && started(&acts).is_empty(), "{acts:?}");
     let acts = l.handle(now, Event::Admin(Admin::Transfer { to: None }));
     assert_eq!(started(&acts), vec![TransferReason::Admin], "{acts:?}");
 
     // A follower: link down, shutdown and transfers start nothing.
-    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
-    f.start(t0);
-    let now = t0 + ms(10);
-    f.handle(
-        now,
-        Event::Message {
-            from: 1,
-            msg: heartbeat(1, 1),
-        },
-    );
+    let (mut f, now) = follower_of_1(t0);
     assert_eq!(started(&f.handle(now, Event::Link(false))), vec![]);
     assert_eq!(
         started(&f.handle(now, Event::Admin(Admin::Shutdown))),
@@ -984,26 +994,13 @@ fn shutdown_is_ready_only_without_the_lead_or_the_vip() {
             .any(|a| matches!(a, Action::Notice(Notice::ShutdownReady)))
     }
     let t0 = Instant::from_nanos(0);
-    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
-    f.start(t0);
-    // start removes any stale VIP first; the kernel confirms.
-    f.handle(t0, Event::VipReleased);
-    let now = t0 + ms(10);
-    f.handle(
-        now,
-        Event::Message {
-            from: 1,
-            msg: heartbeat(1, 1),
-        },
-    );
+    let (mut f, now) = follower_of_1(t0);
     // Readiness is checked when the node next polls: the following event.
     let mut acts = f.handle(now, Event::Admin(Admin::Shutdown));
     acts.extend(f.handle(now, Event::Timer));
     assert!(ready(&acts), "{acts:?}");
 
-    let mut l = Node::new(three(1), Persisted::default(), true, 3, t0);
-    let now = lead_with_peers(&mut l, t0);
-    l.handle(now, Event::VipApplied { ok: true });
+    let (mut l, now) = holding_leader(t0);
     let mut acts = l.handle(now, Event::Admin(Admin::Shutdown));
     acts.extend(l.handle(now, Event::Timer));
     assert!(!ready(&acts), "{acts:?}");
@@ -1057,9 +1054,7 @@ fn max_term_is_the_last_term_followed() {
 fn status_reports_lease_self_members_and_promise() {
     let t = Profile::Default.timing();
     let t0 = Instant::from_nanos(0);
-    let mut l = Node::new(three(1), Persisted::default(), true, 3, t0);
-    let now = lead_with_peers(&mut l, t0);
-    l.handle(now, Event::VipApplied { ok: true });
+    let (l, now) = holding_leader(t0);
     let s = l.status(now);
     assert!(
         s.lease_remaining.is_some_and(|d| d > Duration::ZERO),
@@ -1073,16 +1068,8 @@ fn status_reports_lease_self_members_and_promise() {
         .collect();
     assert_eq!(selves, vec![1]);
 
-    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
-    f.start(t0);
-    let heard = t0 + ms(10);
-    f.handle(
-        heard,
-        Event::Message {
-            from: 1,
-            msg: heartbeat(1, 1), // members_hash 0: not this node's list
-        },
-    );
+    // Node 1's heartbeat carries members_hash 0: not this node's list.
+    let (f, heard) = follower_of_1(t0);
     let s = f.status(heard);
     assert_eq!(s.lease_remaining, None);
     let one = s.members.iter().find(|m| m.id == 1).expect("member 1");
@@ -1099,21 +1086,7 @@ fn status_reports_lease_self_members_and_promise() {
 fn a_timing_reload_pushes_a_followers_deadline_and_no_other_reload_does() {
     let slow = Profile::Strict.timing();
     let t0 = Instant::from_nanos(0);
-    let follower = || {
-        let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
-        f.start(t0);
-        f.handle(t0, Event::VipReleased);
-        let heard = t0 + ms(10);
-        f.handle(
-            heard,
-            Event::Message {
-                from: 1,
-                msg: heartbeat(1, 1),
-            },
-        );
-        (f, heard)
-    };
-    let (mut f, heard) = follower();
+    let (mut f, heard) = follower_of_1(t0);
     let at = heard + ms(100);
     f.handle(
         at,
@@ -1147,8 +1120,8 @@ fn a_timing_reload_pushes_a_followers_deadline_and_no_other_reload_does() {
         }
         panic!("never campaigned");
     }
-    let (mut plain, heard) = follower();
-    let (mut reloaded, _) = follower();
+    let (mut plain, heard) = follower_of_1(t0);
+    let (mut reloaded, _) = follower_of_1(t0);
     reloaded.handle(heard + ms(300), Event::Reconfigure(three(2)));
     assert_eq!(
         campaigns_at(&mut reloaded),
