@@ -441,11 +441,7 @@ fn an_interface_down_at_start_keeps_the_node_from_leading() {
 /// pauses, a handover, a status that says why, and a handful of log lines.
 #[test]
 fn a_refused_claim_backs_off_hands_over_and_logs_little() {
-    let (lines, writer) = log_capture();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(false)
-        .finish();
+    let (lines, subscriber) = log_capture();
     let mut r = rig(THREE, true);
     r.lead();
     let (ops, msgs) = tracing::subscriber::with_default(subscriber, || {
@@ -485,11 +481,7 @@ fn a_refused_claim_backs_off_hands_over_and_logs_little() {
 /// the apiserver's own metric stays up.
 #[test]
 fn a_dead_speaker_is_named_as_the_reason_to_hand_over() {
-    let (lines, writer) = log_capture();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(false)
-        .finish();
+    let (lines, subscriber) = log_capture();
     let mut r = rig(THREE, true);
     r.lead();
     let msgs = tracing::subscriber::with_default(subscriber, || {
@@ -601,10 +593,8 @@ fn a_reload_names_every_field_it_cannot_apply() {
     assert_eq!(names(&reload_diff(&old, &moved).refused), ["vip.address"]);
 }
 
-fn log_capture() -> (
-    Arc<Mutex<String>>,
-    impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + 'static,
-) {
+/// A subscriber that writes plain log lines into the returned buffer.
+fn log_capture() -> (Arc<Mutex<String>>, impl tracing::Subscriber + Send + Sync) {
     #[derive(Clone)]
     struct W(Arc<Mutex<String>>);
     impl std::io::Write for W {
@@ -621,7 +611,11 @@ fn log_capture() -> (
     }
     let buf = Arc::new(Mutex::new(String::new()));
     let w = W(buf.clone());
-    (buf, move || w.clone())
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .finish();
+    (buf, subscriber)
 }
 
 /// Issue 12: a timing change on SIGHUP is refused until every member has been heard
