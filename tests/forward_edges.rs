@@ -65,6 +65,43 @@ async fn silent_clients_are_closed_and_no_backend_is_dialled_for_them() {
     assert_eq!(stats_of(&h, e.addr).total, 1);
 }
 
+/// With the first-byte wait on, the client's first bytes go out with the connect and the
+/// send reports a refused backend (no SO_ERROR check): the backend is blamed, the client
+/// is retried elsewhere with its bytes intact, and the byte counters include them.
+#[tokio::test]
+async fn a_refused_backend_is_found_by_the_first_send_and_the_client_served_elsewhere() {
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = Echo::start(b'E').await;
+    let mut rt = runtime(&[refused, e.addr]);
+    rt.first_byte_timeout = Duration::from_secs(5);
+    let (h, front) = start(rt).await;
+    // Least connections with both idle takes them in turn, so some clients try the
+    // refused backend first.
+    for i in 0..6u8 {
+        let mut c = TcpStream::connect(front).await.unwrap();
+        c.write_all(&[b'a' + i, b'b' + i]).await.unwrap();
+        let mut got = [0u8; 3];
+        tokio::time::timeout(LIMIT, c.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, [b'E', b'a' + i, b'b' + i]);
+    }
+    let dead = stats_of(&h, refused);
+    assert!(dead.failures >= 1, "{dead:?}");
+    assert_eq!(dead.total, 0, "{dead:?}");
+    let live = stats_of(&h, e.addr);
+    assert_eq!(live.total, 6, "{live:?}");
+    eventually("the first bytes counted", || {
+        stats_of(&h, e.addr).bytes_in == 12
+    })
+    .await;
+    assert!(h.totals().retries >= 1, "{:?}", h.totals());
+}
+
 /// A backend that reads what the client sends and closes after `after` without a word,
 /// like an apiserver's TLS handshake timeout on a client that never finishes its hello.
 async fn closing_backend(after: Duration) -> SocketAddr {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::backoff::{Backoff, LogThrottle};
@@ -572,8 +572,8 @@ async fn serve(
             }
         }
         _ = async {
-            if spoke_in_time(&shared, &client).await {
-                connect_and_relay(&shared, client).await;
+            if let Some(first) = first_bytes(&shared, &client).await {
+                connect_and_relay(&shared, client, &first).await;
             }
         } => {}
     }
@@ -611,43 +611,25 @@ async fn cut_for(
     reason
 }
 
-/// Waits for the client's first byte (without reading it) up to `first_byte_timeout`.
-/// False when it stayed silent or hung up first: no backend is dialled for it.
-async fn spoke_in_time(shared: &Shared, client: &TcpStream) -> bool {
+/// The client's first bytes, waited for up to `first_byte_timeout` (empty without that
+/// limit: the backend is dialled at once). `None` when it stayed silent or hung up first:
+/// no backend is dialled for it.
+async fn first_bytes(shared: &Shared, client: &TcpStream) -> Option<Box<[u8]>> {
     let limit = shared.settings.first_byte_timeout;
     if limit.is_zero() {
-        return true;
+        return Some(Box::default());
     }
-    // Most clients' first bytes are queued by the time the accept is served: one
-    // non-blocking peek finds them without waiting for the reactor to report the socket
-    // readable (a task switch and an epoll round trip per connection; bench/forwarder's
-    // new-connection rate fell 5 % without this). Only an empty queue waits.
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(client).peek(&mut probe) {
-        Ok(n) if n > 0 => return true,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) => {}
-        // EOF or an error before a byte: the same verdict the wait below would reach.
-        _ => {
-            shared.silent_closed.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-    }
-    let mut one = [0u8; 1];
-    match tokio::time::timeout(limit, client.peek(&mut one)).await {
-        Ok(Ok(n)) if n > 0 => true,
+    match tokio::time::timeout(limit, relay::read_first(client)).await {
+        Ok(Ok(first)) if !first.is_empty() => Some(first),
         // Timed out, EOF before a byte (a port scan, a load balancer's TCP check), or reset.
         _ => {
             shared.silent_closed.fetch_add(1, Ordering::Relaxed);
-            false
+            None
         }
     }
 }
 
-async fn connect_and_relay(shared: &Shared, client: TcpStream) {
+async fn connect_and_relay(shared: &Shared, client: TcpStream, first: &[u8]) {
     let s = &shared.settings;
     let order = pool::order(&shared.current(), s.prefer_local, &shared.rr);
     let mut tried = 0;
@@ -660,7 +642,7 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
         let addr = guard.0.spec.address;
         let upstream = match tokio::time::timeout(
             s.connect_timeout,
-            dial(addr, s.keepalive, s.backend_probes),
+            dial(addr, s.keepalive, s.backend_probes, first),
         )
         .await
         {
@@ -684,6 +666,10 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream) {
             }
         };
         guard.0.connected();
+        guard
+            .0
+            .bytes_in
+            .fetch_add(first.len() as u64, Ordering::Relaxed);
         // Cut when the check marks this backend down, but only if it was up when chosen:
         // with every backend down the client was sent to one as a last resort.
         let mut verdicts = match guard.0.verdicts() {
@@ -748,24 +734,41 @@ async fn marked_down(verdicts: &mut Option<watch::Receiver<bool>>) {
 }
 
 /// Connects to a backend with TCP_NODELAY and keepalive (or only its user timeout) set
-/// before the SYN.
+/// before the SYN, and passes on the client's first bytes. A refused or unreachable
+/// backend fails the first send the way it would fail the SO_ERROR check after the
+/// connect, so with bytes to send that check (one syscall per connection) is skipped.
 async fn dial(
     addr: SocketAddr,
     keepalive: Option<Keepalive>,
     probes: bool,
+    first: &[u8],
 ) -> io::Result<TcpStream> {
-    let sock = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    sock.set_nodelay(true)?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_tcp_nodelay(true)?;
     if let Some(k) = keepalive {
-        let r = socket2::SockRef::from(&sock);
         if probes {
-            k.apply(r)?;
+            k.apply(socket2::SockRef::from(&sock))?;
         } else {
-            r.set_tcp_user_timeout(Some(k.dead_after()))?;
+            sock.set_tcp_user_timeout(Some(k.dead_after()))?;
         }
     }
-    sock.connect(addr).await
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    if first.is_empty() {
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    } else {
+        relay::write_all(&stream, first).await?;
+    }
+    Ok(stream)
 }

@@ -34,12 +34,22 @@ thread_local! {
     static BUFS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Buffers taken and not given back on this thread.
+    static LENT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn take_buf() -> Box<[u8]> {
+    #[cfg(test)]
+    LENT.with(|l| l.set(l.get() + 1));
     BUFS.with(|b| b.borrow_mut().pop())
         .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
 }
 
 fn give_buf(buf: Box<[u8]>) {
+    #[cfg(test)]
+    LENT.with(|l| l.set(l.get() - 1));
     BUFS.with(|b| {
         let mut b = b.borrow_mut();
         if b.len() < BUF_POOL_MAX {
@@ -279,11 +289,34 @@ async fn copy_once(
     src_side: Side,
     dst_side: Side,
 ) -> Result<(usize, bool), (Side, io::Error)> {
+    let (buf, n) = read_some(src).await.map_err(|e| (src_side, e))?;
+    if n > 0
+        && let Err(e) = write_all(dst, &buf[..n]).await
+    {
+        give_buf(buf);
+        return Err((dst_side, e));
+    }
+    let full = n == buf.len();
+    give_buf(buf);
+    Ok((n, full))
+}
+
+/// The client's first bytes, read through the reactor: waiting for its readiness costs no
+/// syscall, where a peek before the relay's first read costs one on every connection.
+/// They are copied out at their size, so a client waiting for its backend's handshake
+/// holds only what it sent, not a pool buffer. Empty at EOF.
+pub(crate) async fn read_first(src: &TcpStream) -> io::Result<Box<[u8]>> {
+    let (buf, n) = read_some(src).await?;
+    let first = Box::from(&buf[..n]);
+    give_buf(buf);
+    Ok(first)
+}
+
+/// Waits until `src` is readable and reads once into a pool buffer, taken only once there
+/// is something to read: (the buffer, bytes read; 0 at EOF). The caller gives it back.
+async fn read_some(src: &TcpStream) -> io::Result<(Box<[u8]>, usize)> {
     loop {
-        let ready = src
-            .ready(Interest::READABLE)
-            .await
-            .map_err(|e| (src_side, e))?;
+        let ready = src.ready(Interest::READABLE).await?;
         let mut buf = take_buf();
         let mut got = None;
         // A read shorter than the buffer almost always emptied the socket. Reporting it
@@ -300,24 +333,16 @@ async fn copy_once(
                 Ok(n)
             }
         });
-        let n = match (r, got) {
-            (Ok(n), _) => n,
-            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => n,
-            (Err(e), _) if e.kind() == io::ErrorKind::WouldBlock => {
-                give_buf(buf);
-                continue;
-            }
+        match (r, got) {
+            (Ok(n), _) => return Ok((buf, n)),
+            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => return Ok((buf, n)),
             (Err(e), _) => {
                 give_buf(buf);
-                return Err((src_side, e));
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
             }
-        };
-        if n > 0 {
-            write_all(dst, &buf[..n]).await.map_err(|e| (dst_side, e))?;
         }
-        let full = n == buf.len();
-        give_buf(buf);
-        return Ok((n, full));
     }
 }
 
@@ -326,7 +351,7 @@ fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
     unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) }
 }
 
-async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match dst.try_write(data) {
             Ok(n) => data = &data[n..],
@@ -394,5 +419,72 @@ async fn splice_step(
             r = src.readable(), if can_fill => r.map_err(|e| (src_side, e))?,
             r = dst.writable(), if can_drain => r.map_err(|e| (dst_side, e))?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let near = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (far, _) = l.accept().await.unwrap();
+        (near, far)
+    }
+
+    /// 10,000 idle watch connections must cost no buffer memory: a pump or a first read
+    /// holds a pool buffer only between readiness and the write that passes the bytes on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_reads_hold_no_buffer() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, client_side) = pair(&l).await;
+        let (backend_side, mut backend) = pair(&l).await;
+
+        client.write_all(b"hello").await.unwrap();
+        assert_eq!(&*read_first(&client_side).await.unwrap(), b"hello");
+        let silent = tokio::spawn(async move { read_first(&client_side).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            LENT.with(|l| l.get()),
+            0,
+            "a first read waiting on a silent client"
+        );
+        silent.abort();
+
+        let (mut c2, c2_side) = pair(&l).await;
+        let opts = RelayOpts {
+            idle: Duration::from_secs(60),
+            fin: Duration::from_secs(60),
+            splice: SpliceMode::Off,
+            pipe_size: 0,
+        };
+        let relayed = tokio::spawn(async move {
+            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+            relay(
+                &c2_side,
+                &backend_side,
+                opts,
+                Counters {
+                    up: &up,
+                    down: &down,
+                },
+            )
+            .await;
+        });
+        c2.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        backend.read_exact(&mut got).await.unwrap();
+        backend.write_all(b"pong").await.unwrap();
+        c2.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        // Both pumps are back to waiting for their next bytes.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(LENT.with(|l| l.get()), 0, "pumps waiting between messages");
+        relayed.abort();
+        drop(client);
     }
 }
