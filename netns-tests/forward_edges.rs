@@ -169,6 +169,55 @@ fn one_source_is_held_to_max_per_source() {
     );
 }
 
+/// Clients that churn connections through VIP:8443 can use up the holder's source ports
+/// towards a backend (EADDRNOTAVAIL at connect). That says nothing about the apiserver: no
+/// backend is blamed, ejected or marked down, the client is tried on the next backend,
+/// and the ports come back as connections close. Before, each such connect counted as the
+/// backend's failure: a client churning fast enough ejected every apiserver.
+#[test]
+fn running_out_of_source_ports_blames_no_backend() {
+    if !require_root("running_out_of_source_ports_blames_no_backend") {
+        return;
+    }
+    let (tb, h) = up(spec(false));
+    // Two source ports per backend address (the kernel picks per destination, so each of
+    // the three apiservers gets two); TIME_WAIT ports reusable, so the checks' own
+    // short connections do not use them up.
+    let node = tb.topo.node(h);
+    for s in [
+        "net.ipv4.ip_local_port_range=40000 40001",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        let out = node.exec(&["sysctl", "-w", s]).unwrap();
+        assert!(out.status.success(), "sysctl {s}: {out:?}");
+    }
+    let conns = open_clients(&tb, 9, true);
+    assert_eq!(conns.len(), 9);
+    wait_until(Duration::from_secs(5), || {
+        forwarder(&tb, h)["local_errors"].as_u64() >= Some(3) && open_on(&tb, h) == 6
+    })
+    .unwrap_or_else(|| panic!("6 served, 3 out of ports: {}", forwarder(&tb, h)));
+    let st = tb.status(h).unwrap();
+    for b in st["backends"].as_array().unwrap() {
+        assert_eq!(b["failures"], 0, "{b}");
+        assert_eq!(b["ejected_for_ms"], 0, "{b}");
+        assert_eq!(b["health"], "healthy", "{b}");
+        assert_eq!(b["active"], 2, "{b}");
+    }
+    println!("out of source ports: {}", st["forwarder"]);
+    drop(conns);
+    wait_until(Duration::from_secs(5), || open_on(&tb, h) == 0).expect("all closed");
+    // The ports come back (TIME_WAIT reuse needs a second): kubectl is served again.
+    wait_until(Duration::from_secs(10), || {
+        kubectl_readyz(&tb, (h + 1) % 3).is_ok()
+    })
+    .unwrap_or_else(|| panic!("kubectl after the ports came back: {}", forwarder(&tb, h)));
+    let st = tb.status(h).unwrap();
+    for b in st["backends"].as_array().unwrap() {
+        assert_eq!(b["failures"], 0, "{b}");
+    }
+}
+
 /// A watch through VIP:8443, read line by line: which apiserver serves it, and when the
 /// stream ends.
 struct Watch {

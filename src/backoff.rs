@@ -87,12 +87,12 @@ impl Default for LogThrottle {
 }
 
 /// Errors that say this process is out of a local resource (descriptors, buffers,
-/// memory), not that a peer or a backend failed: counted and waited out, never blamed on
-/// the other side.
+/// memory, source ports for a connect), not that a peer or a backend failed: counted and
+/// waited out, never blamed on the other side.
 pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
     )
 }
 
@@ -125,7 +125,13 @@ mod tests {
 
     #[test]
     fn exhaustion_errors_are_local() {
-        for e in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+        for e in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
             assert!(is_local_exhaustion(&std::io::Error::from_raw_os_error(e)));
         }
         assert!(!is_local_exhaustion(&std::io::Error::from_raw_os_error(

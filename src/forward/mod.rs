@@ -648,10 +648,15 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream, first: &[u8]) {
         {
             Ok(Ok(u)) => u,
             Ok(Err(e)) if crate::backoff::is_local_exhaustion(&e) => {
-                // Our own descriptor or buffer shortage: no backend is to blame, and
-                // the next one would fail the same way. Drop this client.
+                // Our own shortage: no backend is to blame.
                 shared.local_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(target: "apivip::forward", backend = %addr, error = %e, "connect failed locally");
+                // Out of source ports towards this backend (the TIME_WAITs of a client
+                // churning connections): another backend's address has ports of its own.
+                // Any other shortage would fail the next one the same way: drop the client.
+                if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                    continue;
+                }
                 return;
             }
             Ok(Err(e)) => {
