@@ -917,29 +917,6 @@ fn the_hold_limit_ends_with_the_vip_or_a_handover() {
     assert_eq!(drill.vip_hold_until(), None, "handing over");
 }
 
-/// A leader whose link went down resigns (no successor named) once the kernel has let
-/// the VIP go; if nobody took over by `transfer_retry`, it sends the Resign again to each
-/// peer, never to itself.
-#[test]
-fn a_resign_is_retried_to_the_peers_only() {
-    let t0 = Instant::from_nanos(1_000_000_000);
-    let (mut n, now) = holding_leader(t0);
-    let resigns = |acts: &[Action]| -> Vec<u32> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::Send { to, msg } if matches!(msg.body, Body::Resign(_)) => Some(*to),
-                _ => None,
-            })
-            .collect()
-    };
-    n.handle(now, Event::Link(false));
-    let first = n.handle(now, Event::VipReleased);
-    assert_eq!(resigns(&first), vec![2, 3], "{first:?}");
-    let retry = now + Profile::Default.timing().transfer_retry;
-    let again = n.handle(retry, Event::Timer);
-    assert_eq!(resigns(&again), vec![2, 3], "{again:?}");
-}
-
 /// What a leader's and a follower's handover entry points start or refuse: link down and
 /// shutdown hand over once and only from a leader, a transfer to a node that cannot take
 /// over is refused, and a follower refuses every transfer.
