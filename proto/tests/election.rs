@@ -474,6 +474,70 @@ fn follower_of_1(t0: Instant) -> (Node, Instant) {
     (f, heard)
 }
 
+/// Node `cfg.id` (seed 1, no VIP), out of its start-up silence and in its first pre-vote
+/// round with no answer yet, and the time the round began.
+fn pre_candidate(cfg: NodeConfig, t0: Instant) -> (Node, Instant) {
+    let mut now = t0 + cfg.timing.election_max;
+    let mut n = Node::new(cfg, Persisted::default(), true, 1, t0);
+    n.start(t0);
+    n.handle(t0, Event::VipReleased);
+    for _ in 0..100 {
+        if n.role() == RoleName::PreCandidate {
+            return (n, now);
+        }
+        now = n.next_timer().expect("a timer").max(now);
+        n.handle(now, Event::Timer);
+    }
+    panic!("never stood");
+}
+
+/// A voter's answer: granted, or refused for a stale term.
+fn ballot(granted: bool) -> apivip_proto::message::Ballot {
+    use apivip_proto::message::VoteReason;
+    apivip_proto::message::Ballot {
+        granted,
+        reason: if granted {
+            VoteReason::Granted
+        } else {
+            VoteReason::StaleTerm
+        },
+    }
+}
+
+/// A pre-vote answer from a voter in `term` (one below the proposed term).
+fn prevote_answer(term: u64, granted: bool) -> Message {
+    Message {
+        term,
+        body: Body::PreVote(ballot(granted)),
+    }
+}
+
+/// A vote answer in `term`.
+fn vote_answer(term: u64, granted: bool) -> Message {
+    Message {
+        term,
+        body: Body::Vote(ballot(granted)),
+    }
+}
+
+/// Node 1 of `cfg` (three or five members), a candidate once 2 and 3 granted its
+/// pre-vote, its vote requests sent and no answer yet, and that time.
+fn candidate(cfg: NodeConfig, t0: Instant) -> (Node, Instant) {
+    let (mut n, now) = pre_candidate(cfg, t0);
+    let term = n.term();
+    for from in [2, 3] {
+        n.handle(
+            now,
+            Event::Message {
+                from,
+                msg: prevote_answer(term, true),
+            },
+        );
+    }
+    assert_eq!(n.role(), RoleName::Candidate);
+    (n, now)
+}
+
 /// The start-up silence ends exactly at start + E_max: a vote request at that instant is
 /// granted, one a nanosecond earlier is refused (`silent` is `now < silent_until`).
 #[test]
@@ -513,20 +577,7 @@ fn a_promise_ends_exactly_at_e_min() {
     let t = Profile::Default.timing();
     let t0 = Instant::from_nanos(1_000_000_000);
     let run = |answer_at: Duration| -> u64 {
-        let mut n = Node::new(three(1), Persisted::default(), true, 1, t0);
-        n.start(t0);
-        n.handle(t0, Event::VipReleased);
-        let silent_end = t0 + t.election_max;
-        // Out of the silence and into a pre-vote round (rank 0 goes first).
-        let mut now = silent_end;
-        for _ in 0..100 {
-            if n.status(now).role == RoleName::PreCandidate {
-                break;
-            }
-            now = n.next_timer().expect("a timer").max(now);
-            n.handle(now, Event::Timer);
-        }
-        assert_eq!(n.status(now).role, RoleName::PreCandidate, "never stood");
+        let (mut n, now) = pre_candidate(three(1), t0);
         // A leader of the current term is heard: the node promises until now + E_min.
         n.handle(
             now,
@@ -540,18 +591,11 @@ fn a_promise_ends_exactly_at_e_min() {
             RoleName::PreCandidate,
             "M2: stays a pre-candidate"
         );
-        let answer = Message {
-            term: n.term() + 5,
-            body: Body::PreVote(apivip_proto::message::Ballot {
-                granted: false,
-                reason: apivip_proto::message::VoteReason::StaleTerm,
-            }),
-        };
         n.handle(
             now + answer_at,
             Event::Message {
                 from: 3,
-                msg: answer,
+                msg: prevote_answer(n.term() + 5, false),
             },
         );
         n.term()
@@ -1128,4 +1172,228 @@ fn a_timing_reload_pushes_a_followers_deadline_and_no_other_reload_does() {
         campaigns_at(&mut plain),
         "an unchanged timing moved the deadline"
     );
+}
+
+/// Who got a request of the kind `is_kind` picks out, in order.
+fn requests_to(acts: &[Action], is_kind: fn(&Body) -> bool) -> Vec<u32> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg } if is_kind(&msg.body) => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A node whose pre-vote round ran out while its promise to a leader still runs looks
+/// again a quarter timeout later (just after the promise ends), not a whole timeout
+/// later; once the promise has ended, a node that cannot stand for another reason (here
+/// an unhealthy apiserver) waits a whole timeout.
+#[test]
+fn a_blocked_node_looks_again_soon_after_its_promise_ends() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    // A leader is heard 100 ms into the round: the promise outlasts the round (E_min +
+    // a rank-0 jitter under 100 ms) by less than a quarter timeout.
+    let promised = |n: &mut Node, began: Instant| -> Instant {
+        let heard = began + ms(100);
+        let term = n.term();
+        n.handle(
+            heard,
+            Event::Message {
+                from: 2,
+                msg: heartbeat(term, 1),
+            },
+        );
+        assert_eq!(n.role(), RoleName::PreCandidate);
+        heard + t.election_min
+    };
+
+    let (mut n, began) = pre_candidate(three(1), t0);
+    let until = promised(&mut n, began);
+    let mut now = began;
+    while n.role() == RoleName::PreCandidate {
+        now = n.next_timer().expect("a timer");
+        n.handle(now, Event::Timer);
+    }
+    assert!(now < until, "the round outlived the promise");
+    let next = n.next_timer().expect("a timer");
+    assert!(
+        next >= until && next <= now + t.election_max / 4,
+        "looks again at {next:?}: round over at {now:?}, promise until {until:?}"
+    );
+
+    let (mut n, began) = pre_candidate(three(1), t0);
+    let until = promised(&mut n, began);
+    // Still inside the round, so the round runs out only at the promise's end.
+    n.handle(began + ms(100), Event::Health(false));
+    n.handle(until, Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower);
+    let next = n.next_timer().expect("a timer");
+    assert!(
+        next >= until + t.election_min,
+        "looks again at {next:?}, less than a timeout after {until:?}"
+    );
+}
+
+/// Pre-vote and vote requests go out again only to the members that have not granted
+/// yet.
+#[test]
+fn requests_are_resent_only_to_members_yet_to_grant() {
+    let five = NodeConfig::new(1, members(&[1, 2, 3, 4, 5]), Profile::Default.timing());
+    let t0 = Instant::from_nanos(0);
+
+    let (mut n, began) = pre_candidate(five.clone(), t0);
+    let term = n.term();
+    n.handle(
+        began,
+        Event::Message {
+            from: 2,
+            msg: prevote_answer(term, true),
+        },
+    );
+    let resend = n.next_timer().expect("a timer");
+    let acts = n.handle(resend, Event::Timer);
+    assert_eq!(
+        requests_to(&acts, |b| matches!(b, Body::PreVoteRequest(_))),
+        vec![3, 4, 5],
+        "{acts:?}"
+    );
+
+    let (mut c, began) = candidate(five, t0);
+    let term = c.term();
+    c.handle(
+        began,
+        Event::Message {
+            from: 2,
+            msg: vote_answer(term, true),
+        },
+    );
+    let resend = c.next_timer().expect("a timer");
+    let acts = c.handle(resend, Event::Timer);
+    assert_eq!(
+        requests_to(&acts, |b| matches!(b, Body::VoteRequest(_))),
+        vec![3, 4, 5],
+        "{acts:?}"
+    );
+}
+
+/// Without Rule M2's re-check (a simulator experiment) a pre-vote majority still makes
+/// a candidate only of a node that can lead; an unhealthy one goes back to following.
+#[test]
+fn without_the_recheck_a_prevote_majority_raises_only_a_node_that_can_lead() {
+    use apivip_proto::election::Rules;
+    let mut cfg = three(1);
+    cfg.rules = Rules::ALL.without("prevote_recheck").expect("a rule");
+    let t0 = Instant::from_nanos(0);
+    for healthy in [true, false] {
+        let (mut n, began) = pre_candidate(cfg.clone(), t0);
+        let term = n.term();
+        n.handle(began, Event::Health(healthy));
+        n.handle(
+            began,
+            Event::Message {
+                from: 2,
+                msg: prevote_answer(term, true),
+            },
+        );
+        let want = if healthy {
+            RoleName::Candidate
+        } else {
+            RoleName::Follower
+        };
+        assert_eq!(n.role(), want, "healthy: {healthy}");
+    }
+}
+
+/// A pre-candidate whose promise blocks it when the pre-vote majority arrives waits for
+/// the promise's end, even when a reload has since shortened the election timeout below
+/// what is left of the promise.
+#[test]
+fn a_promise_outlasts_a_shorter_timeout_reloaded_during_the_prevote() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let (mut n, began) = pre_candidate(three(1), t0);
+    let term = n.term();
+    n.handle(
+        began,
+        Event::Message {
+            from: 2,
+            msg: heartbeat(term, 1),
+        },
+    );
+    let fast = Profile::Fast.timing();
+    assert!(fast.election_max < t.election_min);
+    n.handle(
+        began,
+        Event::Reconfigure(NodeConfig::new(1, members(&[1, 2, 3]), fast)),
+    );
+    n.handle(
+        began,
+        Event::Message {
+            from: 3,
+            msg: prevote_answer(term, true),
+        },
+    );
+    assert_eq!(n.role(), RoleName::Follower, "M2: the promise blocks");
+    assert_eq!(n.next_timer(), Some(began + t.election_min));
+}
+
+/// A vote answer from a newer term makes a candidate follow that term; it moves neither
+/// a follower promised to its leader nor a leader.
+#[test]
+fn a_newer_term_in_a_vote_moves_only_an_unpromised_non_leader() {
+    let t0 = Instant::from_nanos(0);
+    let news = |term: u64| Event::Message {
+        from: 2,
+        msg: vote_answer(term, false),
+    };
+
+    let (mut c, began) = candidate(three(1), t0);
+    let term = c.term();
+    c.handle(began, news(term + 5));
+    assert_eq!((c.term(), c.role()), (term + 5, RoleName::Follower));
+
+    let (mut f, heard) = follower_of_1(t0);
+    let term = f.term();
+    f.handle(
+        heard,
+        Event::Message {
+            from: 3,
+            msg: vote_answer(term + 5, false),
+        },
+    );
+    assert_eq!(f.term(), term, "moved while promised");
+
+    let (mut l, now) = holding_leader(t0);
+    let term = l.term();
+    l.handle(now, news(term + 5));
+    assert_eq!((l.term(), l.role()), (term, RoleName::Leader));
+}
+
+/// A candidate gives up only once the denials leave too few members to win: of five, two
+/// denials leave three, still a majority; the third makes it a follower that stands
+/// again after its rank's offset (at least a heartbeat), not a whole timeout.
+#[test]
+fn a_candidate_gives_up_once_denials_leave_no_majority() {
+    let t = Profile::Default.timing();
+    let five = NodeConfig::new(1, members(&[1, 2, 3, 4, 5]), t.clone());
+    let t0 = Instant::from_nanos(0);
+    let (mut c, began) = candidate(five, t0);
+    let term = c.term();
+    for (from, want) in [
+        (2, RoleName::Candidate),
+        (3, RoleName::Candidate),
+        (4, RoleName::Follower),
+    ] {
+        c.handle(
+            began,
+            Event::Message {
+                from,
+                msg: vote_answer(term, false),
+            },
+        );
+        assert_eq!(c.role(), want, "after {from}'s denial");
+    }
+    // Rank 0's offset is under a heartbeat.
+    assert_eq!(c.next_timer(), Some(began + t.heartbeat));
 }
