@@ -1397,3 +1397,109 @@ fn a_candidate_gives_up_once_denials_leave_no_majority() {
     // Rank 0's offset is under a heartbeat.
     assert_eq!(c.next_timer(), Some(began + t.heartbeat));
 }
+
+/// The daemon refuses to start on a config `validate` rejects: every flaw is named, and
+/// sound majority and two-node configs pass.
+#[test]
+fn a_node_config_is_refused_for_each_flaw_and_a_sound_one_passes() {
+    use apivip_proto::election::{NodeConfigError, Quorum};
+    use apivip_proto::wire::VERSION_MAX;
+    let t = Profile::Default.timing();
+    let two_node = |ids: &[u32]| {
+        let mut c = NodeConfig::new(1, members(ids), t.clone());
+        c.quorum = Quorum::TwoNode;
+        c
+    };
+    assert_eq!(three(1).validate(), Ok(()));
+    assert_eq!(two_node(&[1, 2]).validate(), Ok(()));
+
+    let with_protocol = |p: u8| {
+        let mut c = three(1);
+        c.protocol = p;
+        c
+    };
+    let flawed = [
+        (
+            NodeConfig::new(1, members(&[0, 1, 2]), t.clone()),
+            NodeConfigError::ZeroId,
+        ),
+        (
+            NodeConfig::new(0, members(&[1, 2]), t.clone()),
+            NodeConfigError::ZeroId,
+        ),
+        (
+            NodeConfig::new(1, members(&[1, 2, 2]), t.clone()),
+            NodeConfigError::Duplicate(2),
+        ),
+        (
+            NodeConfig::new(4, members(&[1, 2, 3]), t.clone()),
+            NodeConfigError::NotAMember(4),
+        ),
+        (two_node(&[1, 2, 3]), NodeConfigError::TwoNodeSize(3)),
+        (with_protocol(0), NodeConfigError::Protocol(0)),
+        (
+            with_protocol(VERSION_MAX + 1),
+            NodeConfigError::Protocol(VERSION_MAX + 1),
+        ),
+    ];
+    for (cfg, want) in flawed {
+        assert_eq!(cfg.validate(), Err(want), "{cfg:?}");
+    }
+    let mut stalled = three(1);
+    stalled.timing.heartbeat = Duration::ZERO;
+    assert!(
+        matches!(stalled.validate(), Err(NodeConfigError::Timing(e)) if e.field == "heartbeat"),
+        "{:?}",
+        stalled.validate()
+    );
+}
+
+/// The election slots: a node's rank counts the members better placed to lead (higher
+/// priority, then lower id) among those that may lead at all, and only members of
+/// priority above 0 get a slot.
+#[test]
+fn ranks_count_only_better_members_that_may_lead() {
+    use apivip_proto::election::Member;
+    let cfg = NodeConfig::new(
+        1,
+        [(1, 100), (2, 0), (3, 0), (4, 50), (5, 100)]
+            .map(|(id, priority)| Member { id, priority })
+            .to_vec(),
+        Profile::Default.timing(),
+    );
+    let rank_of = |id: u32| {
+        let mut c = cfg.clone();
+        c.id = id;
+        c.rank()
+    };
+    assert_eq!([1, 5, 4, 2, 3].map(rank_of), [0, 1, 2, 3, 3]);
+    assert_eq!(cfg.leaders_possible(), 3);
+}
+
+/// Heartbeats carry this hash and `status` compares it across versions, so it depends
+/// on the set of ids only and stays what it is (FNV-1a over the sorted big-endian ids).
+#[test]
+fn the_members_hash_is_fnv1a_of_the_sorted_ids() {
+    let t = Profile::Default.timing();
+    let hash = |ids: &[u32]| NodeConfig::new(1, members(ids), t.clone()).members_hash();
+    assert_eq!(hash(&[1, 2, 3]), 0x36a5_16f5);
+    assert_eq!(hash(&[3, 1, 2]), 0x36a5_16f5);
+    assert_eq!(hash(&[1, 2]), 0x533a_267c);
+}
+
+/// The lease allows the VIP only while `now + margin < lease_until`: a leader that hears
+/// no more acks still holds a nanosecond before its hold limit and releases at it.
+#[test]
+fn a_silent_majority_ends_the_hold_exactly_at_the_hold_limit() {
+    let t0 = Instant::from_nanos(0);
+    let (mut l, _) = holding_leader(t0);
+    let until = l.vip_hold_until().expect("a hold limit");
+    let before = until.saturating_sub(Duration::from_nanos(1));
+    while let Some(t) = l.next_timer().filter(|t| *t < before) {
+        l.handle(t, Event::Timer);
+    }
+    let acts = l.handle(before, Event::Timer);
+    assert!(!acts.contains(&Action::ReleaseVip), "{acts:?}");
+    let acts = l.handle(until, Event::Timer);
+    assert!(acts.contains(&Action::ReleaseVip), "{acts:?}");
+}
