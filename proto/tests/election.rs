@@ -1503,3 +1503,91 @@ fn a_silent_majority_ends_the_hold_exactly_at_the_hold_limit() {
     let acts = l.handle(until, Event::Timer);
     assert!(acts.contains(&Action::ReleaseVip), "{acts:?}");
 }
+
+/// Who got a Resign, in order.
+fn resigns_to(acts: &[Action]) -> Vec<u32> {
+    requests_to(acts, |b| matches!(b, Body::Resign(_)))
+}
+
+/// A leader that resigns (no successor named) tells each peer once the VIP is gone, and
+/// once more a retry interval later in case the first was lost; never itself.
+#[test]
+fn a_resign_is_sent_once_more_to_each_peer() {
+    let t = Profile::Default.timing();
+    let (mut l, now) = holding_leader(Instant::from_nanos(0));
+    l.handle(now, Event::Link(false));
+    let acts = l.handle(now, Event::VipReleased);
+    assert_eq!(resigns_to(&acts), vec![2, 3], "{acts:?}");
+    assert_eq!(l.next_timer(), Some(now + t.transfer_retry));
+    let acts = l.handle(now + t.transfer_retry, Event::Timer);
+    assert_eq!(resigns_to(&acts), vec![2, 3], "{acts:?}");
+}
+
+/// Without Rule 4 (a simulator experiment) a leader that resigned takes the role back in
+/// the same term E_min/2 later: exactly then, and only if meanwhile it heard no leader,
+/// moved to no newer term and was not asked to shut down.
+#[test]
+fn without_rule_4_a_resigned_leader_takes_the_role_back_only_if_nothing_happened() {
+    use apivip_proto::election::{Admin, Rules};
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut cfg = three(1);
+    cfg.rules = Rules::ALL
+        .without("no_resume_after_transfer")
+        .expect("a rule");
+    // A leader resigned (its link went down), and when it takes the role back.
+    let resigned = || {
+        let mut n = Node::new(cfg.clone(), Persisted::default(), true, 3, t0);
+        let now = lead_with_peers(&mut n, t0);
+        n.handle(now, Event::VipApplied { ok: true });
+        n.handle(now, Event::Link(false));
+        let acts = n.handle(now, Event::VipReleased);
+        assert_eq!(resigns_to(&acts), vec![2, 3]);
+        assert_eq!(n.role(), RoleName::Follower);
+        (n, now, now + t.election_min / 2)
+    };
+
+    let (mut n, _, back) = resigned();
+    let term = n.term();
+    n.handle(back.saturating_sub(Duration::from_nanos(1)), Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower, "back too early");
+    n.handle(back, Event::Timer);
+    assert_eq!((n.role(), n.term()), (RoleName::Leader, term));
+
+    // Another leader of the term is heard.
+    let (mut n, now, back) = resigned();
+    let term = n.term();
+    n.handle(
+        now + ms(50),
+        Event::Message {
+            from: 2,
+            msg: heartbeat(term, 1),
+        },
+    );
+    n.handle(back, Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower, "took a led term back");
+
+    // A vote for a candidate of the next term.
+    let (mut n, now, back) = resigned();
+    let term = n.term();
+    let acts = n.handle(
+        now + ms(50),
+        Event::Message {
+            from: 2,
+            msg: vote_request(term + 1),
+        },
+    );
+    assert!(grants_vote(&acts), "{acts:?}");
+    n.handle(back, Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower, "led a term it voted in");
+
+    // A shutdown.
+    let (mut n, now, back) = resigned();
+    n.handle(now + ms(50), Event::Admin(Admin::Shutdown));
+    n.handle(back, Event::Timer);
+    assert_eq!(
+        n.role(),
+        RoleName::Follower,
+        "took the role back to shut down"
+    );
+}
