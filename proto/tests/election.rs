@@ -1591,3 +1591,66 @@ fn without_rule_4_a_resigned_leader_takes_the_role_back_only_if_nothing_happened
         "took the role back to shut down"
     );
 }
+
+/// A refused ack of heartbeat `seq` from a member at `term`.
+fn refusal(term: u64, seq: u64) -> Message {
+    let mut msg = ack(term, seq);
+    if let Body::Ack(a) = &mut msg.body {
+        a.accepted = false;
+    }
+    msg
+}
+
+/// A leader whose lease runs and that hears a refusal from a member at a newer term moves
+/// to the term after it (the member follows again); it does not while handing over, nor
+/// when the next term would pass MAX_TERM.
+#[test]
+fn a_leader_moves_past_a_newer_term_refused_in_unless_handing_over_or_at_max_term() {
+    use apivip_proto::election::Admin;
+    use apivip_proto::message::MAX_TERM;
+    let t0 = Instant::from_nanos(0);
+
+    let (mut l, now) = holding_leader(t0);
+    let term = l.term();
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: refusal(term + 3, 1),
+        },
+    );
+    assert_eq!((l.role(), l.term()), (RoleName::Leader, term + 4));
+
+    let (mut l, now) = holding_leader(t0);
+    let term = l.term();
+    l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: refusal(term + 3, 1),
+        },
+    );
+    assert_eq!(l.term(), term, "moved while handing over");
+
+    let mut l = Node::new(
+        three(1),
+        Persisted {
+            term: MAX_TERM - 2,
+            voted_for: None,
+        },
+        true,
+        3,
+        t0,
+    );
+    let now = lead_with_peers(&mut l, t0);
+    assert_eq!(l.term(), MAX_TERM - 1);
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: refusal(MAX_TERM, 1),
+        },
+    );
+    assert!(l.term() <= MAX_TERM, "term {} past MAX_TERM", l.term());
+}
