@@ -474,6 +474,70 @@ fn follower_of_1(t0: Instant) -> (Node, Instant) {
     (f, heard)
 }
 
+/// Node `cfg.id` (seed 1, no VIP), out of its start-up silence and in its first pre-vote
+/// round with no answer yet, and the time the round began.
+fn pre_candidate(cfg: NodeConfig, t0: Instant) -> (Node, Instant) {
+    let mut now = t0 + cfg.timing.election_max;
+    let mut n = Node::new(cfg, Persisted::default(), true, 1, t0);
+    n.start(t0);
+    n.handle(t0, Event::VipReleased);
+    for _ in 0..100 {
+        if n.role() == RoleName::PreCandidate {
+            return (n, now);
+        }
+        now = n.next_timer().expect("a timer").max(now);
+        n.handle(now, Event::Timer);
+    }
+    panic!("never stood");
+}
+
+/// A voter's answer: granted, or refused for a stale term.
+fn ballot(granted: bool) -> apivip_proto::message::Ballot {
+    use apivip_proto::message::VoteReason;
+    apivip_proto::message::Ballot {
+        granted,
+        reason: if granted {
+            VoteReason::Granted
+        } else {
+            VoteReason::StaleTerm
+        },
+    }
+}
+
+/// A pre-vote answer from a voter in `term` (one below the proposed term).
+fn prevote_answer(term: u64, granted: bool) -> Message {
+    Message {
+        term,
+        body: Body::PreVote(ballot(granted)),
+    }
+}
+
+/// A vote answer in `term`.
+fn vote_answer(term: u64, granted: bool) -> Message {
+    Message {
+        term,
+        body: Body::Vote(ballot(granted)),
+    }
+}
+
+/// Node 1 of `cfg` (three or five members), a candidate once 2 and 3 granted its
+/// pre-vote, its vote requests sent and no answer yet, and that time.
+fn candidate(cfg: NodeConfig, t0: Instant) -> (Node, Instant) {
+    let (mut n, now) = pre_candidate(cfg, t0);
+    let term = n.term();
+    for from in [2, 3] {
+        n.handle(
+            now,
+            Event::Message {
+                from,
+                msg: prevote_answer(term, true),
+            },
+        );
+    }
+    assert_eq!(n.role(), RoleName::Candidate);
+    (n, now)
+}
+
 /// The start-up silence ends exactly at start + E_max: a vote request at that instant is
 /// granted, one a nanosecond earlier is refused (`silent` is `now < silent_until`).
 #[test]
@@ -513,20 +577,7 @@ fn a_promise_ends_exactly_at_e_min() {
     let t = Profile::Default.timing();
     let t0 = Instant::from_nanos(1_000_000_000);
     let run = |answer_at: Duration| -> u64 {
-        let mut n = Node::new(three(1), Persisted::default(), true, 1, t0);
-        n.start(t0);
-        n.handle(t0, Event::VipReleased);
-        let silent_end = t0 + t.election_max;
-        // Out of the silence and into a pre-vote round (rank 0 goes first).
-        let mut now = silent_end;
-        for _ in 0..100 {
-            if n.status(now).role == RoleName::PreCandidate {
-                break;
-            }
-            now = n.next_timer().expect("a timer").max(now);
-            n.handle(now, Event::Timer);
-        }
-        assert_eq!(n.status(now).role, RoleName::PreCandidate, "never stood");
+        let (mut n, now) = pre_candidate(three(1), t0);
         // A leader of the current term is heard: the node promises until now + E_min.
         n.handle(
             now,
@@ -540,18 +591,11 @@ fn a_promise_ends_exactly_at_e_min() {
             RoleName::PreCandidate,
             "M2: stays a pre-candidate"
         );
-        let answer = Message {
-            term: n.term() + 5,
-            body: Body::PreVote(apivip_proto::message::Ballot {
-                granted: false,
-                reason: apivip_proto::message::VoteReason::StaleTerm,
-            }),
-        };
         n.handle(
             now + answer_at,
             Event::Message {
                 from: 3,
-                msg: answer,
+                msg: prevote_answer(n.term() + 5, false),
             },
         );
         n.term()
@@ -1128,4 +1172,485 @@ fn a_timing_reload_pushes_a_followers_deadline_and_no_other_reload_does() {
         campaigns_at(&mut plain),
         "an unchanged timing moved the deadline"
     );
+}
+
+/// Who got a request of the kind `is_kind` picks out, in order.
+fn requests_to(acts: &[Action], is_kind: fn(&Body) -> bool) -> Vec<u32> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg } if is_kind(&msg.body) => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A node whose pre-vote round ran out while its promise to a leader still runs looks
+/// again a quarter timeout later (just after the promise ends), not a whole timeout
+/// later; once the promise has ended, a node that cannot stand for another reason (here
+/// an unhealthy apiserver) waits a whole timeout.
+#[test]
+fn a_blocked_node_looks_again_soon_after_its_promise_ends() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    // A leader is heard 100 ms into the round: the promise outlasts the round (E_min +
+    // a rank-0 jitter under 100 ms) by less than a quarter timeout.
+    let promised = |n: &mut Node, began: Instant| -> Instant {
+        let heard = began + ms(100);
+        let term = n.term();
+        n.handle(
+            heard,
+            Event::Message {
+                from: 2,
+                msg: heartbeat(term, 1),
+            },
+        );
+        assert_eq!(n.role(), RoleName::PreCandidate);
+        heard + t.election_min
+    };
+
+    let (mut n, began) = pre_candidate(three(1), t0);
+    let until = promised(&mut n, began);
+    let mut now = began;
+    while n.role() == RoleName::PreCandidate {
+        now = n.next_timer().expect("a timer");
+        n.handle(now, Event::Timer);
+    }
+    assert!(now < until, "the round outlived the promise");
+    let next = n.next_timer().expect("a timer");
+    assert!(
+        next >= until && next <= now + t.election_max / 4,
+        "looks again at {next:?}: round over at {now:?}, promise until {until:?}"
+    );
+
+    let (mut n, began) = pre_candidate(three(1), t0);
+    let until = promised(&mut n, began);
+    // Still inside the round, so the round runs out only at the promise's end.
+    n.handle(began + ms(100), Event::Health(false));
+    n.handle(until, Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower);
+    let next = n.next_timer().expect("a timer");
+    assert!(
+        next >= until + t.election_min,
+        "looks again at {next:?}, less than a timeout after {until:?}"
+    );
+}
+
+/// Pre-vote and vote requests go out again only to the members that have not granted
+/// yet.
+#[test]
+fn requests_are_resent_only_to_members_yet_to_grant() {
+    let five = NodeConfig::new(1, members(&[1, 2, 3, 4, 5]), Profile::Default.timing());
+    let t0 = Instant::from_nanos(0);
+
+    let (mut n, began) = pre_candidate(five.clone(), t0);
+    let term = n.term();
+    n.handle(
+        began,
+        Event::Message {
+            from: 2,
+            msg: prevote_answer(term, true),
+        },
+    );
+    let resend = n.next_timer().expect("a timer");
+    let acts = n.handle(resend, Event::Timer);
+    assert_eq!(
+        requests_to(&acts, |b| matches!(b, Body::PreVoteRequest(_))),
+        vec![3, 4, 5],
+        "{acts:?}"
+    );
+
+    let (mut c, began) = candidate(five, t0);
+    let term = c.term();
+    c.handle(
+        began,
+        Event::Message {
+            from: 2,
+            msg: vote_answer(term, true),
+        },
+    );
+    let resend = c.next_timer().expect("a timer");
+    let acts = c.handle(resend, Event::Timer);
+    assert_eq!(
+        requests_to(&acts, |b| matches!(b, Body::VoteRequest(_))),
+        vec![3, 4, 5],
+        "{acts:?}"
+    );
+}
+
+/// Without Rule M2's re-check (a simulator experiment) a pre-vote majority still makes
+/// a candidate only of a node that can lead; an unhealthy one goes back to following.
+#[test]
+fn without_the_recheck_a_prevote_majority_raises_only_a_node_that_can_lead() {
+    use apivip_proto::election::Rules;
+    let mut cfg = three(1);
+    cfg.rules = Rules::ALL.without("prevote_recheck").expect("a rule");
+    let t0 = Instant::from_nanos(0);
+    for healthy in [true, false] {
+        let (mut n, began) = pre_candidate(cfg.clone(), t0);
+        let term = n.term();
+        n.handle(began, Event::Health(healthy));
+        n.handle(
+            began,
+            Event::Message {
+                from: 2,
+                msg: prevote_answer(term, true),
+            },
+        );
+        let want = if healthy {
+            RoleName::Candidate
+        } else {
+            RoleName::Follower
+        };
+        assert_eq!(n.role(), want, "healthy: {healthy}");
+    }
+}
+
+/// A pre-candidate whose promise blocks it when the pre-vote majority arrives waits for
+/// the promise's end, even when a reload has since shortened the election timeout below
+/// what is left of the promise.
+#[test]
+fn a_promise_outlasts_a_shorter_timeout_reloaded_during_the_prevote() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let (mut n, began) = pre_candidate(three(1), t0);
+    let term = n.term();
+    n.handle(
+        began,
+        Event::Message {
+            from: 2,
+            msg: heartbeat(term, 1),
+        },
+    );
+    let fast = Profile::Fast.timing();
+    assert!(fast.election_max < t.election_min);
+    n.handle(
+        began,
+        Event::Reconfigure(NodeConfig::new(1, members(&[1, 2, 3]), fast)),
+    );
+    n.handle(
+        began,
+        Event::Message {
+            from: 3,
+            msg: prevote_answer(term, true),
+        },
+    );
+    assert_eq!(n.role(), RoleName::Follower, "M2: the promise blocks");
+    assert_eq!(n.next_timer(), Some(began + t.election_min));
+}
+
+/// A vote answer from a newer term makes a candidate follow that term; it moves neither
+/// a follower promised to its leader nor a leader.
+#[test]
+fn a_newer_term_in_a_vote_moves_only_an_unpromised_non_leader() {
+    let t0 = Instant::from_nanos(0);
+    let news = |term: u64| Event::Message {
+        from: 2,
+        msg: vote_answer(term, false),
+    };
+
+    let (mut c, began) = candidate(three(1), t0);
+    let term = c.term();
+    c.handle(began, news(term + 5));
+    assert_eq!((c.term(), c.role()), (term + 5, RoleName::Follower));
+
+    let (mut f, heard) = follower_of_1(t0);
+    let term = f.term();
+    f.handle(
+        heard,
+        Event::Message {
+            from: 3,
+            msg: vote_answer(term + 5, false),
+        },
+    );
+    assert_eq!(f.term(), term, "moved while promised");
+
+    let (mut l, now) = holding_leader(t0);
+    let term = l.term();
+    l.handle(now, news(term + 5));
+    assert_eq!((l.term(), l.role()), (term, RoleName::Leader));
+}
+
+/// A candidate gives up only once the denials leave too few members to win: of five, two
+/// denials leave three, still a majority; the third makes it a follower that stands
+/// again after its rank's offset (at least a heartbeat), not a whole timeout.
+#[test]
+fn a_candidate_gives_up_once_denials_leave_no_majority() {
+    let t = Profile::Default.timing();
+    let five = NodeConfig::new(1, members(&[1, 2, 3, 4, 5]), t.clone());
+    let t0 = Instant::from_nanos(0);
+    let (mut c, began) = candidate(five, t0);
+    let term = c.term();
+    for (from, want) in [
+        (2, RoleName::Candidate),
+        (3, RoleName::Candidate),
+        (4, RoleName::Follower),
+    ] {
+        c.handle(
+            began,
+            Event::Message {
+                from,
+                msg: vote_answer(term, false),
+            },
+        );
+        assert_eq!(c.role(), want, "after {from}'s denial");
+    }
+    // Rank 0's offset is under a heartbeat.
+    assert_eq!(c.next_timer(), Some(began + t.heartbeat));
+}
+
+/// The daemon refuses to start on a config `validate` rejects: every flaw is named, and
+/// sound majority and two-node configs pass.
+#[test]
+fn a_node_config_is_refused_for_each_flaw_and_a_sound_one_passes() {
+    use apivip_proto::election::{NodeConfigError, Quorum};
+    use apivip_proto::wire::VERSION_MAX;
+    let t = Profile::Default.timing();
+    let two_node = |ids: &[u32]| {
+        let mut c = NodeConfig::new(1, members(ids), t.clone());
+        c.quorum = Quorum::TwoNode;
+        c
+    };
+    assert_eq!(three(1).validate(), Ok(()));
+    assert_eq!(two_node(&[1, 2]).validate(), Ok(()));
+
+    let with_protocol = |p: u8| {
+        let mut c = three(1);
+        c.protocol = p;
+        c
+    };
+    let flawed = [
+        (
+            NodeConfig::new(1, members(&[0, 1, 2]), t.clone()),
+            NodeConfigError::ZeroId,
+        ),
+        (
+            NodeConfig::new(0, members(&[1, 2]), t.clone()),
+            NodeConfigError::ZeroId,
+        ),
+        (
+            NodeConfig::new(1, members(&[1, 2, 2]), t.clone()),
+            NodeConfigError::Duplicate(2),
+        ),
+        (
+            NodeConfig::new(4, members(&[1, 2, 3]), t.clone()),
+            NodeConfigError::NotAMember(4),
+        ),
+        (two_node(&[1, 2, 3]), NodeConfigError::TwoNodeSize(3)),
+        (with_protocol(0), NodeConfigError::Protocol(0)),
+        (
+            with_protocol(VERSION_MAX + 1),
+            NodeConfigError::Protocol(VERSION_MAX + 1),
+        ),
+    ];
+    for (cfg, want) in flawed {
+        assert_eq!(cfg.validate(), Err(want), "{cfg:?}");
+    }
+    let mut stalled = three(1);
+    stalled.timing.heartbeat = Duration::ZERO;
+    assert!(
+        matches!(stalled.validate(), Err(NodeConfigError::Timing(e)) if e.field == "heartbeat"),
+        "{:?}",
+        stalled.validate()
+    );
+}
+
+/// The election slots: a node's rank counts the members better placed to lead (higher
+/// priority, then lower id) among those that may lead at all, and only members of
+/// priority above 0 get a slot.
+#[test]
+fn ranks_count_only_better_members_that_may_lead() {
+    use apivip_proto::election::Member;
+    let cfg = NodeConfig::new(
+        1,
+        [(1, 100), (2, 0), (3, 0), (4, 50), (5, 100)]
+            .map(|(id, priority)| Member { id, priority })
+            .to_vec(),
+        Profile::Default.timing(),
+    );
+    let rank_of = |id: u32| {
+        let mut c = cfg.clone();
+        c.id = id;
+        c.rank()
+    };
+    assert_eq!([1, 5, 4, 2, 3].map(rank_of), [0, 1, 2, 3, 3]);
+    assert_eq!(cfg.leaders_possible(), 3);
+}
+
+/// Heartbeats carry this hash and `status` compares it across versions, so it depends
+/// on the set of ids only and stays what it is (FNV-1a over the sorted big-endian ids).
+#[test]
+fn the_members_hash_is_fnv1a_of_the_sorted_ids() {
+    let t = Profile::Default.timing();
+    let hash = |ids: &[u32]| NodeConfig::new(1, members(ids), t.clone()).members_hash();
+    assert_eq!(hash(&[1, 2, 3]), 0x36a5_16f5);
+    assert_eq!(hash(&[3, 1, 2]), 0x36a5_16f5);
+    assert_eq!(hash(&[1, 2]), 0x533a_267c);
+}
+
+/// The lease allows the VIP only while `now + margin < lease_until`: a leader that hears
+/// no more acks still holds a nanosecond before its hold limit and releases at it.
+#[test]
+fn a_silent_majority_ends_the_hold_exactly_at_the_hold_limit() {
+    let t0 = Instant::from_nanos(0);
+    let (mut l, _) = holding_leader(t0);
+    let until = l.vip_hold_until().expect("a hold limit");
+    let before = until.saturating_sub(Duration::from_nanos(1));
+    while let Some(t) = l.next_timer().filter(|t| *t < before) {
+        l.handle(t, Event::Timer);
+    }
+    let acts = l.handle(before, Event::Timer);
+    assert!(!acts.contains(&Action::ReleaseVip), "{acts:?}");
+    let acts = l.handle(until, Event::Timer);
+    assert!(acts.contains(&Action::ReleaseVip), "{acts:?}");
+}
+
+/// Who got a Resign, in order.
+fn resigns_to(acts: &[Action]) -> Vec<u32> {
+    requests_to(acts, |b| matches!(b, Body::Resign(_)))
+}
+
+/// A leader that resigns (no successor named) tells each peer once the VIP is gone, and
+/// once more a retry interval later in case the first was lost; never itself.
+#[test]
+fn a_resign_is_sent_once_more_to_each_peer() {
+    let t = Profile::Default.timing();
+    let (mut l, now) = holding_leader(Instant::from_nanos(0));
+    l.handle(now, Event::Link(false));
+    let acts = l.handle(now, Event::VipReleased);
+    assert_eq!(resigns_to(&acts), vec![2, 3], "{acts:?}");
+    assert_eq!(l.next_timer(), Some(now + t.transfer_retry));
+    let acts = l.handle(now + t.transfer_retry, Event::Timer);
+    assert_eq!(resigns_to(&acts), vec![2, 3], "{acts:?}");
+}
+
+/// Without Rule 4 (a simulator experiment) a leader that resigned takes the role back in
+/// the same term E_min/2 later: exactly then, and only if meanwhile it heard no leader,
+/// moved to no newer term and was not asked to shut down.
+#[test]
+fn without_rule_4_a_resigned_leader_takes_the_role_back_only_if_nothing_happened() {
+    use apivip_proto::election::{Admin, Rules};
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut cfg = three(1);
+    cfg.rules = Rules::ALL
+        .without("no_resume_after_transfer")
+        .expect("a rule");
+    // A leader resigned (its link went down), and when it takes the role back.
+    let resigned = || {
+        let mut n = Node::new(cfg.clone(), Persisted::default(), true, 3, t0);
+        let now = lead_with_peers(&mut n, t0);
+        n.handle(now, Event::VipApplied { ok: true });
+        n.handle(now, Event::Link(false));
+        let acts = n.handle(now, Event::VipReleased);
+        assert_eq!(resigns_to(&acts), vec![2, 3]);
+        assert_eq!(n.role(), RoleName::Follower);
+        (n, now, now + t.election_min / 2)
+    };
+
+    let (mut n, _, back) = resigned();
+    let term = n.term();
+    n.handle(back.saturating_sub(Duration::from_nanos(1)), Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower, "back too early");
+    n.handle(back, Event::Timer);
+    assert_eq!((n.role(), n.term()), (RoleName::Leader, term));
+
+    // Another leader of the term is heard.
+    let (mut n, now, back) = resigned();
+    let term = n.term();
+    n.handle(
+        now + ms(50),
+        Event::Message {
+            from: 2,
+            msg: heartbeat(term, 1),
+        },
+    );
+    n.handle(back, Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower, "took a led term back");
+
+    // A vote for a candidate of the next term.
+    let (mut n, now, back) = resigned();
+    let term = n.term();
+    let acts = n.handle(
+        now + ms(50),
+        Event::Message {
+            from: 2,
+            msg: vote_request(term + 1),
+        },
+    );
+    assert!(grants_vote(&acts), "{acts:?}");
+    n.handle(back, Event::Timer);
+    assert_eq!(n.role(), RoleName::Follower, "led a term it voted in");
+
+    // A shutdown.
+    let (mut n, now, back) = resigned();
+    n.handle(now + ms(50), Event::Admin(Admin::Shutdown));
+    n.handle(back, Event::Timer);
+    assert_eq!(
+        n.role(),
+        RoleName::Follower,
+        "took the role back to shut down"
+    );
+}
+
+/// A refused ack of heartbeat `seq` from a member at `term`.
+fn refusal(term: u64, seq: u64) -> Message {
+    let mut msg = ack(term, seq);
+    if let Body::Ack(a) = &mut msg.body {
+        a.accepted = false;
+    }
+    msg
+}
+
+/// A leader whose lease runs and that hears a refusal from a member at a newer term moves
+/// to the term after it (the member follows again); it does not while handing over, nor
+/// when the next term would pass MAX_TERM.
+#[test]
+fn a_leader_moves_past_a_newer_term_refused_in_unless_handing_over_or_at_max_term() {
+    use apivip_proto::election::Admin;
+    use apivip_proto::message::MAX_TERM;
+    let t0 = Instant::from_nanos(0);
+
+    let (mut l, now) = holding_leader(t0);
+    let term = l.term();
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: refusal(term + 3, 1),
+        },
+    );
+    assert_eq!((l.role(), l.term()), (RoleName::Leader, term + 4));
+
+    let (mut l, now) = holding_leader(t0);
+    let term = l.term();
+    l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: refusal(term + 3, 1),
+        },
+    );
+    assert_eq!(l.term(), term, "moved while handing over");
+
+    let mut l = Node::new(
+        three(1),
+        Persisted {
+            term: MAX_TERM - 2,
+            voted_for: None,
+        },
+        true,
+        3,
+        t0,
+    );
+    let now = lead_with_peers(&mut l, t0);
+    assert_eq!(l.term(), MAX_TERM - 1);
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: refusal(MAX_TERM, 1),
+        },
+    );
+    assert!(l.term() <= MAX_TERM, "term {} past MAX_TERM", l.term());
 }
