@@ -240,9 +240,20 @@ async fn first_byte(c: &mut TcpStream) -> u8 {
 
 #[tokio::test]
 async fn streams_to_a_backend_marked_down_are_cut_and_reconnect_elsewhere() {
+    marked_down_streams_are_cut(1).await;
+}
+
+/// Each forwarder thread has its own cut channel: a down reaches all of them.
+#[tokio::test]
+async fn streams_to_a_backend_marked_down_are_cut_on_every_forwarder_thread() {
+    marked_down_streams_are_cut(3).await;
+}
+
+async fn marked_down_streams_are_cut(threads: usize) {
     let a = Streamer::start(b'A').await;
     let b = Streamer::start(b'B').await;
     let mut rt = runtime(&[a.addr, b.addr]);
+    rt.threads = threads;
     let interval = Duration::from_millis(200);
     rt.health = Some(tcp_check(interval, 2));
     let (h, front) = start(rt).await;
@@ -310,4 +321,32 @@ async fn connections_on_a_released_address_are_closed_and_later_ones_kept() {
     after.write_all(b"2").await.unwrap();
     assert_eq!(first_byte(&mut after).await, b'2');
     assert_eq!(h.totals().vip_released_closed, 1);
+}
+
+/// Each forwarder thread has its own cut channel: a release reaches all of them, and a
+/// release after the VIP came back cuts what every thread accepted since.
+#[tokio::test]
+async fn a_release_closes_what_every_forwarder_thread_accepted() {
+    let e = Echo::start(b'E').await;
+    let mut rt = runtime(&[e.addr]);
+    rt.threads = 3;
+    let (h, front) = start(rt).await;
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        conns.push(connect(front).await.0);
+    }
+    h.close_accepted_on(front.ip());
+    for c in &mut conns {
+        closed_within(c, LIMIT).await;
+    }
+    assert_eq!(h.totals().vip_released_closed, 12);
+    let mut again = Vec::new();
+    for _ in 0..12 {
+        again.push(connect(front).await.0);
+    }
+    h.close_accepted_on(front.ip());
+    for c in &mut again {
+        closed_within(c, LIMIT).await;
+    }
+    assert_eq!(h.totals().vip_released_closed, 24);
 }

@@ -1,8 +1,8 @@
 //! Graceful drain: stop accepting, let open connections finish until a deadline, then
 //! close what is left.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -26,6 +26,9 @@ pub(crate) struct Cut {
     /// The latest address this node released, numbered so a connection only heeds
     /// releases that came after it was accepted.
     pub released: Option<(u64, std::net::IpAddr)>,
+    /// Bumped when an active check marks any backend down; each connection then compares
+    /// its own backend's count of downs with the count when it connected.
+    pub downs: u64,
 }
 
 impl Cut {
@@ -37,8 +40,11 @@ impl Cut {
 /// The switches every accept loop and connection watches.
 pub(crate) struct Switches {
     pub stop_accepting: watch::Sender<bool>,
-    /// One channel for both reasons to cut, so a connection holds one receiver.
-    pub cut: watch::Sender<Cut>,
+    /// One cut channel per accept loop, for all three reasons to cut: a connection
+    /// subscribes to its own loop's, so the per-connection subscribe, wake registration
+    /// and drop touch no cache line another forwarder thread writes (one channel shared
+    /// by every thread, plus one per backend, cost about a microsecond per connection).
+    cuts: Mutex<Vec<watch::Sender<Cut>>>,
     /// Set when the drain is over: dedicated forwarder threads then stop their runtimes.
     pub finished: watch::Sender<bool>,
 }
@@ -47,8 +53,41 @@ impl Switches {
     pub(crate) fn new() -> Switches {
         Switches {
             stop_accepting: watch::channel(false).0,
-            cut: watch::channel(Cut::default()).0,
+            cuts: Mutex::new(Vec::new()),
             finished: watch::channel(false).0,
+        }
+    }
+
+    /// A cut channel for a new accept loop, starting from what every loop has seen.
+    pub(crate) fn cut_channel(&self) -> watch::Receiver<Cut> {
+        let mut cuts = self.cuts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = cuts.first().map(|c| *c.borrow()).unwrap_or_default();
+        let (tx, rx) = watch::channel(now);
+        cuts.push(tx);
+        rx
+    }
+
+    /// Applies `change` to every loop's cut channel.
+    pub(crate) fn cut(&self, change: impl Fn(&mut Cut)) {
+        for tx in self.cuts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            tx.send_modify(&change);
+        }
+    }
+}
+
+/// Counts a backend's downs (the check's verdict turning to down) and tells every
+/// connection, until the prober is gone (the backend was removed by a reload).
+pub(crate) async fn announce_downs(
+    switches: Arc<Switches>,
+    downs: Arc<AtomicU64>,
+    mut verdicts: watch::Receiver<bool>,
+) {
+    while verdicts.changed().await.is_ok() {
+        if !*verdicts.borrow_and_update() {
+            // SeqCst: a connection that reads this count before the increment and then
+            // the verdict as healthy must see the bump that follows (see `BackendCut`).
+            downs.fetch_add(1, Ordering::SeqCst);
+            switches.cut(|c| c.downs = c.downs.wrapping_add(1));
         }
     }
 }
@@ -74,7 +113,7 @@ pub(crate) async fn drain(
         }
         _ => {
             let left = open.load(Ordering::Relaxed);
-            switches.cut.send_modify(|c| c.all = true);
+            switches.cut(|c| c.all = true);
             // Connection tasks see the switch on their next poll; give them a moment so
             // the sockets are closed when this returns.
             let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(max)).await;

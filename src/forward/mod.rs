@@ -18,7 +18,7 @@ mod splice;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -162,7 +162,7 @@ struct Shared {
     rr: AtomicUsize,
     permits: Arc<Semaphore>,
     max: u32,
-    switches: drain::Switches,
+    switches: Arc<drain::Switches>,
     /// Connections being served (the permits also count accept loops waiting for one).
     open: Arc<AtomicUsize>,
     accepted: AtomicU64,
@@ -232,7 +232,8 @@ impl Forwarder {
             }
             local.push(bound);
         }
-        let backends = build_backends(&rt.backends, rt.health.as_ref(), &[])?;
+        let switches = Arc::new(drain::Switches::new());
+        let backends = build_backends(&rt.backends, rt.health.as_ref(), &[], &switches)?;
         let shared = Arc::new(Shared {
             backends: RwLock::new(Arc::new(backends)),
             health: Mutex::new(rt.health.clone()),
@@ -255,7 +256,7 @@ impl Forwarder {
             rr: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(max_connections as usize)),
             max: max_connections,
-            switches: drain::Switches::new(),
+            switches,
             open: Arc::new(AtomicUsize::new(0)),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -373,7 +374,7 @@ impl ForwarderHandle {
             _ => self.current().iter().cloned().collect(),
         };
         let new_health = health.unwrap_or_else(|| current_health.clone());
-        let list = build_backends(&specs, new_health.as_ref(), &keep)?;
+        let list = build_backends(&specs, new_health.as_ref(), &keep, &self.shared.switches)?;
         *current_health = new_health;
         let mut w = self
             .shared
@@ -393,7 +394,7 @@ impl ForwarderHandle {
     /// clients' next packets would reach the new holder and be reset there anyway; closed
     /// now, they reconnect at once instead of at their next write or their own timeout.
     pub fn close_accepted_on(&self, ip: IpAddr) {
-        self.shared.switches.cut.send_modify(|c| {
+        self.shared.switches.cut(|c| {
             c.released = Some((c.released.map_or(1, |(generation, _)| generation + 1), ip));
         });
     }
@@ -431,6 +432,7 @@ fn build_backends(
     specs: &[BackendSpec],
     health: Option<&HealthSpec>,
     keep: &[Arc<Backend>],
+    switches: &Arc<drain::Switches>,
 ) -> Result<Vec<Arc<Backend>>, ForwardError> {
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -447,7 +449,15 @@ fn build_backends(
             })?),
             None => None,
         };
-        out.push(Arc::new(Backend::new(spec.clone(), probe)));
+        let backend = Backend::new(spec.clone(), probe);
+        if let Some(verdicts) = backend.verdicts() {
+            tokio::spawn(drain::announce_downs(
+                switches.clone(),
+                backend.downs.clone(),
+                verdicts,
+            ));
+        }
+        out.push(Arc::new(backend));
     }
     Ok(out)
 }
@@ -481,6 +491,7 @@ fn dedicated_thread(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) 
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut stop = shared.switches.stop_accepting.subscribe();
+    let cut = shared.switches.cut_channel();
     // One wait for the whole loop: a new one per accept would register and unregister a
     // waiter on the watch (a lock shared by every forwarder thread) on every connection.
     let stop = switched_on(&mut stop);
@@ -546,7 +557,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         // No set_nodelay or keepalive here: Linux copies TCP_NODELAY, SO_KEEPALIVE, the
         // keepalive timings and TCP_USER_TIMEOUT from the listener at accept.
-        tokio::spawn(serve(shared.clone(), sock, local_ip, (permit, source)));
+        tokio::spawn(serve(
+            shared.clone(),
+            sock,
+            local_ip,
+            cut.clone(),
+            (permit, source),
+        ));
     }
 }
 
@@ -559,21 +576,27 @@ async fn serve(
     shared: Arc<Shared>,
     client: TcpStream,
     local_ip: IpAddr,
+    mut cut: watch::Receiver<Cut>,
     _held: (OwnedSemaphorePermit, SourceGuard),
 ) {
     let _open = drain::OpenGuard::new(shared.open.clone());
-    let mut cut: watch::Receiver<Cut> = shared.switches.cut.subscribe();
     let released_before = cut.borrow().generation();
+    let backend_cut = OnceLock::new();
     tokio::select! {
         biased;
-        c = cut_for(&mut cut, local_ip, released_before) => {
-            if c == CutReason::Released {
+        c = cut_for(&mut cut, local_ip, released_before, &backend_cut) => match c {
+            CutReason::Drain => {}
+            CutReason::Released => {
                 shared.vip_released_closed.fetch_add(1, Ordering::Relaxed);
             }
-        }
+            CutReason::BackendDown(addr) => {
+                shared.backend_down_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "apivip::forward", backend = %addr, "session closed: backend marked down");
+            }
+        },
         _ = async {
             if let Some(first) = first_bytes(&shared, &client).await {
-                connect_and_relay(&shared, client, &first).await;
+                connect_and_relay(&shared, client, &first, &backend_cut).await;
             }
         } => {}
     }
@@ -583,15 +606,31 @@ async fn serve(
 enum CutReason {
     Drain,
     Released,
+    BackendDown(SocketAddr),
 }
 
-/// Resolves when this connection must close: the drain's deadline passed, or this node
+/// The backend a connection is cut for when its check marks it down: that backend's count
+/// of downs, and the count when the connection was made. Set only when the backend was up
+/// then: with every backend down, a client sent to one as a last resort stays.
+///
+/// The count is read before the verdict, and `announce_downs` counts a down only after
+/// the verdict turned, so a connection that saw the backend up either counted that down
+/// already (and is not cut for it) or meets the bump that follows.
+struct BackendCut {
+    addr: SocketAddr,
+    downs: Arc<AtomicU64>,
+    seen: u64,
+}
+
+/// Resolves when this connection must close: the drain's deadline passed, this node
 /// released the address the client reached (after `released_before`, so a connection
-/// accepted after the VIP came back is not closed by an old release).
+/// accepted after the VIP came back is not closed by an old release), or the check marked
+/// its backend down after it connected.
 async fn cut_for(
     rx: &mut watch::Receiver<Cut>,
     local_ip: IpAddr,
     released_before: u64,
+    backend: &OnceLock<BackendCut>,
 ) -> CutReason {
     let mut reason = CutReason::Drain;
     let _ = rx
@@ -599,13 +638,20 @@ async fn cut_for(
             if c.all {
                 return true;
             }
-            match c.released {
-                Some((generation, ip)) if generation > released_before && ip == local_ip => {
-                    reason = CutReason::Released;
-                    true
-                }
-                _ => false,
+            if let Some((generation, ip)) = c.released
+                && generation > released_before
+                && ip == local_ip
+            {
+                reason = CutReason::Released;
+                return true;
             }
+            if let Some(b) = backend.get()
+                && b.downs.load(Ordering::SeqCst) > b.seen
+            {
+                reason = CutReason::BackendDown(b.addr);
+                return true;
+            }
+            false
         })
         .await;
     reason
@@ -629,7 +675,12 @@ async fn first_bytes(shared: &Shared, client: &TcpStream) -> Option<Box<[u8]>> {
     }
 }
 
-async fn connect_and_relay(shared: &Shared, client: TcpStream, first: &[u8]) {
+async fn connect_and_relay(
+    shared: &Shared,
+    client: TcpStream,
+    first: &[u8],
+    cut_when_down: &OnceLock<BackendCut>,
+) {
     let s = &shared.settings;
     let order = pool::order(&shared.current(), s.prefer_local, &shared.rr);
     let mut tried = 0;
@@ -675,13 +726,18 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream, first: &[u8]) {
             .0
             .bytes_in
             .fetch_add(first.len() as u64, Ordering::Relaxed);
-        // Cut when the check marks this backend down, but only if it was up when chosen:
-        // with every backend down the client was sent to one as a last resort.
-        let mut verdicts = match guard.0.verdicts() {
-            Some(v) if s.shutdown_on_down && *v.borrow() => Some(v),
-            _ => None,
-        };
-        let relayed = relay::relay(
+        if s.shutdown_on_down {
+            // The count before the verdict: see `BackendCut`.
+            let seen = guard.0.downs.load(Ordering::SeqCst);
+            if guard.0.checked_healthy() == Some(true) {
+                let _ = cut_when_down.set(BackendCut {
+                    addr,
+                    downs: guard.0.downs.clone(),
+                    seen,
+                });
+            }
+        }
+        let out = relay::relay(
             &client,
             &upstream,
             s.relay,
@@ -689,15 +745,8 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream, first: &[u8]) {
                 up: &guard.0.bytes_in,
                 down: &guard.0.bytes_out,
             },
-        );
-        let out = tokio::select! {
-            out = relayed => out,
-            _ = marked_down(&mut verdicts) => {
-                shared.backend_down_closed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(target: "apivip::forward", backend = %addr, "session closed: backend marked down");
-                return;
-            }
-        };
+        )
+        .await;
         match out.end {
             End::Idle => {
                 shared.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -722,19 +771,6 @@ async fn connect_and_relay(shared: &Shared, client: TcpStream, first: &[u8]) {
         .allow()
     {
         tracing::warn!(target: "apivip::forward", tried, held_back = held, "no backend accepted the connection");
-    }
-}
-
-/// Resolves when the backend's verdict turns to down; never without a check.
-async fn marked_down(verdicts: &mut Option<watch::Receiver<bool>>) {
-    match verdicts {
-        Some(v) => {
-            if v.wait_for(|healthy| !*healthy).await.is_err() {
-                // The prober is gone (backend removed by a reload): nothing will say down.
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 

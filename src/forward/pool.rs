@@ -101,6 +101,9 @@ pub struct Backend {
     ejected_until: AtomicU64,
     ejection: Mutex<Ejection>,
     probe: Option<Prober>,
+    /// How many times the active check has marked this backend down (counted by
+    /// `drain::announce_downs`).
+    pub(crate) downs: Arc<AtomicU64>,
 }
 
 impl Backend {
@@ -115,6 +118,7 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             ejection: Mutex::new(Ejection { consecutive: 0 }),
             probe,
+            downs: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -152,6 +156,11 @@ impl Backend {
     /// Flips of the active check's verdict (true = healthy); `None` without active checks.
     pub(crate) fn verdicts(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         self.probe.as_ref().map(Prober::verdicts)
+    }
+
+    /// The active check's verdict; `None` without active checks.
+    pub(crate) fn checked_healthy(&self) -> Option<bool> {
+        self.probe.as_ref().map(Prober::is_healthy)
     }
 
     pub(crate) fn connected(&self) {
