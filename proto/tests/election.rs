@@ -1624,6 +1624,7 @@ fn a_leader_moves_past_a_newer_term_refused_in_unless_handing_over_or_at_max_ter
     let (mut l, now) = holding_leader(t0);
     let term = l.term();
     l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    assert!(l.status(now).transferring);
     l.handle(
         now,
         Event::Message {
@@ -1653,4 +1654,39 @@ fn a_leader_moves_past_a_newer_term_refused_in_unless_handing_over_or_at_max_ter
         },
     );
     assert!(l.term() <= MAX_TERM, "term {} past MAX_TERM", l.term());
+}
+
+/// A lease never shrinks: promises already given stay given, so a later ack round whose
+/// ackers promise less (their timing was shortened) leaves the lease where earlier acks
+/// put it.
+#[test]
+fn a_shorter_promise_in_a_later_ack_does_not_shorten_the_lease() {
+    let t0 = Instant::from_nanos(0);
+    let (mut l, _) = holding_leader(t0);
+    let until = l.vip_hold_until().expect("a hold limit");
+    let now = l.next_timer().expect("a timer");
+    let acts = l.handle(now, Event::Timer);
+    let seq = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                msg:
+                    Message {
+                        body: Body::Heartbeat(hb),
+                        ..
+                    },
+                ..
+            } => Some(hb.seq),
+            _ => None,
+        })
+        .expect("a heartbeat");
+    let term = l.term();
+    for from in [2, 3] {
+        let mut msg = ack(term, seq);
+        if let Body::Ack(a) = &mut msg.body {
+            a.promise = Some(ms(100));
+        }
+        l.handle(now, Event::Message { from, msg });
+    }
+    assert_eq!(l.vip_hold_until(), Some(until));
 }
