@@ -1690,3 +1690,137 @@ fn a_shorter_promise_in_a_later_ack_does_not_shorten_the_lease() {
     }
     assert_eq!(l.vip_hold_until(), Some(until));
 }
+
+/// A handover never goes to a member our list gives priority 0 (a witness), even one
+/// whose acks say it can lead (its own list may still give it a priority, mid-reload).
+#[test]
+fn a_transfer_to_a_priority_zero_member_is_refused() {
+    use apivip_proto::election::{Admin, Notice};
+    let t0 = Instant::from_nanos(0);
+    let mut cfg = three(1);
+    cfg.members[2].priority = 0;
+    let mut l = Node::new(cfg, Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut l, t0);
+    l.handle(now, Event::VipApplied { ok: true });
+    let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(3) }));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Notice(Notice::TransferRefused { .. }))),
+        "{acts:?}"
+    );
+    assert!(!l.status(now).transferring);
+    let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Notice(Notice::TransferStarted { to: Some(2), .. })
+        )),
+        "{acts:?}"
+    );
+}
+
+/// Node 1 of members with these priorities, leading with the VIP held, and that time.
+fn holding_leader_among(priorities: &[(u32, u8)], t0: Instant) -> (Node, Instant) {
+    use apivip_proto::election::Member;
+    let cfg = NodeConfig::new(
+        1,
+        priorities
+            .iter()
+            .map(|&(id, priority)| Member { id, priority })
+            .collect(),
+        Profile::Default.timing(),
+    );
+    let mut l = Node::new(cfg, Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut l, t0);
+    l.handle(now, Event::VipApplied { ok: true });
+    (l, now)
+}
+
+/// Runs leader `l` from `now` until it starts a handover or `end` passes. Each peer
+/// acks each heartbeat when `acks(peer, time since now)` gives its CAN_LEAD flag, and
+/// stays silent on `None`. Returns how long after `now` the handover started, and to
+/// whom.
+fn lead_until_handover(
+    l: &mut Node,
+    now: Instant,
+    end: Duration,
+    acks: impl Fn(u32, Duration) -> Option<bool>,
+) -> Option<(Duration, Option<u32>)> {
+    use apivip_proto::election::Notice;
+    let start = now;
+    let mut now = now;
+    while now < start + end {
+        now = l.next_timer().expect("a timer").max(now);
+        let mut acts = l.handle(now, Event::Timer);
+        let mut i = 0;
+        while let Some(a) = acts.get(i) {
+            let more = match a {
+                Action::Notice(Notice::TransferStarted { to, .. }) => {
+                    return Some((now - start, *to));
+                }
+                Action::Send {
+                    to,
+                    msg:
+                        Message {
+                            term,
+                            body: Body::Heartbeat(hb),
+                        },
+                } => match acks(*to, now - start) {
+                    Some(can_lead) => {
+                        let (from, mut msg) = (*to, ack(*term, hb.seq));
+                        if let Body::Ack(a) = &mut msg.body {
+                            a.flags = a.flags.with(Flags::CAN_LEAD, can_lead);
+                        }
+                        l.handle(now, Event::Message { from, msg })
+                    }
+                    None => Vec::new(),
+                },
+                Action::RefreshVip { .. } => l.handle(now, Event::VipApplied { ok: true }),
+                _ => Vec::new(),
+            };
+            acts.extend(more);
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Preemption hands over once a better follower has been eligible for `preempt_delay`.
+/// A pending target that misses a few acks (loss) keeps its place in the wait; one silent
+/// for a whole lease is forgotten and waits the whole delay again once it is back.
+#[test]
+fn a_preemption_survives_a_short_gap_but_not_a_lease_of_silence() {
+    let t0 = Instant::from_nanos(0);
+    let delay = three(1).preempt_delay;
+    // Node 2 is better than the leader; node 3 keeps the lease alive throughout.
+    let run = |quiet_from: Duration, quiet_to: Duration| {
+        let (mut l, now) = holding_leader_among(&[(1, 100), (2, 200), (3, 100)], t0);
+        lead_until_handover(&mut l, now, Duration::from_secs(10), |from, at| {
+            (from == 3 || at < quiet_from || at >= quiet_to).then_some(true)
+        })
+        .expect("a handover")
+    };
+    // 400 ms: longer than the three heartbeats that keep a follower eligible, shorter
+    // than a lease, and just before the delay runs out.
+    let (after, to) = run(ms(2500), ms(2900));
+    assert_eq!(to, Some(2));
+    assert!(after < delay + ms(500), "handed over after {after:?}");
+    let (after, to) = run(ms(1000), ms(2500));
+    assert_eq!(to, Some(2));
+    assert!(after >= ms(2500) + delay, "handed over after {after:?}");
+}
+
+/// When a still better follower becomes eligible while another waits out its delay, the
+/// wait starts over for the new target.
+#[test]
+fn a_new_preemption_target_waits_its_own_delay() {
+    let t0 = Instant::from_nanos(0);
+    let delay = three(1).preempt_delay;
+    let (mut l, now) = holding_leader_among(&[(1, 100), (2, 150), (3, 200)], t0);
+    let (after, to) = lead_until_handover(&mut l, now, Duration::from_secs(10), |from, at| {
+        Some(from == 2 || at >= ms(2000))
+    })
+    .expect("a handover");
+    assert_eq!(to, Some(3));
+    assert!(after >= ms(2000) + delay, "handed over after {after:?}");
+}
