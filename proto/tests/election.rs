@@ -326,11 +326,28 @@ fn willing_reply(msg: &Message) -> Option<Message> {
 /// Brings a node of a 3-member list to leadership by hand: silence, pre-votes, votes,
 /// the first ack round, all granted by willing peers. Returns when its claim went out.
 fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
-    let mut now = t0;
-    let mut acts = n.start(t0);
-    for _ in 0..200 {
+    let first = n.start(t0);
+    let (now, _) = run_with_peers(n, t0, first, true, |a| matches!(a, Action::ClaimVip { .. }));
+    now
+}
+
+/// Runs a node among willing peers from `now` (first carrying out `first`), its kernel
+/// answering every claim and refresh with `kernel_ok`, until `stop` picks one of its
+/// actions: returns that action, untouched, and when it came.
+fn run_with_peers(
+    n: &mut Node,
+    mut now: Instant,
+    first: Vec<Action>,
+    kernel_ok: bool,
+    stop: impl Fn(&Action) -> bool,
+) -> (Instant, Action) {
+    let mut acts = first;
+    for _ in 0..10_000 {
         let mut next = Vec::new();
         for a in &acts {
+            if stop(a) {
+                return (now, a.clone());
+            }
             match a {
                 Action::Send { to, msg } => {
                     if let Some(reply) = willing_reply(msg) {
@@ -344,7 +361,9 @@ fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
                     }
                 }
                 Action::ReleaseVip => next.extend(n.handle(now, Event::VipReleased)),
-                Action::ClaimVip { .. } => return now,
+                Action::ClaimVip { .. } | Action::RefreshVip { .. } => {
+                    next.extend(n.handle(now, Event::VipApplied { ok: kernel_ok }))
+                }
                 _ => {}
             }
         }
@@ -354,7 +373,7 @@ fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
         }
         acts = next;
     }
-    panic!("never claimed");
+    panic!("never stopped");
 }
 
 /// A kernel that keeps refusing the VIP: the leader pauses between claims (doubling),
@@ -1823,4 +1842,108 @@ fn a_new_preemption_target_waits_its_own_delay() {
     .expect("a handover");
     assert_eq!(to, Some(3));
     assert!(after >= ms(2000) + delay, "handed over after {after:?}");
+}
+
+/// A claim the kernel accepts clears the count of failures before it.
+#[test]
+fn a_successful_claim_clears_the_failure_count() {
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut n, t0);
+    let acts = n.handle(now, Event::VipApplied { ok: false });
+    assert_eq!(n.status(now).vip_failures, 1);
+    let (now, _) = run_with_peers(&mut n, now, acts, false, |a| {
+        matches!(a, Action::ClaimVip { .. })
+    });
+    n.handle(now, Event::VipApplied { ok: true });
+    assert_eq!(n.status(now).vip_failures, 0);
+}
+
+/// A leader whose kernel refuses its claims hands over at the third refusal in a row
+/// (here well inside a lease); when it hands over for failing again soon after, it stays
+/// out of elections twice as long as the first time.
+#[test]
+fn handovers_for_failing_come_at_the_third_refusal_and_bench_longer_each_time() {
+    use apivip_proto::election::{FAILURES_BEFORE_HANDOVER, Notice};
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let first = n.start(t0);
+    let failing = |a: &Action| matches!(a, Action::Notice(Notice::VipFailing { .. }));
+    let mut now = t0;
+    let mut benches = Vec::new();
+    let mut acts = first;
+    for _ in 0..2 {
+        let (at, a) = run_with_peers(&mut n, now, acts, false, failing);
+        if let Action::Notice(Notice::VipFailing { failures, bench }) = a {
+            assert_eq!(failures, FAILURES_BEFORE_HANDOVER, "at {:?}", at - t0);
+            benches.push(bench);
+        }
+        now = at;
+        acts = Vec::new();
+    }
+    assert_eq!(benches.len(), 2);
+    assert_eq!(benches[1], benches[0] * 2, "{benches:?}");
+}
+
+/// Node `id` of a two-node cluster (two-node quorum) stored at `term`, leading alone
+/// with the VIP held, and that time.
+fn two_node_leader(id: u32, term: u64, t0: Instant) -> (Node, Instant) {
+    use apivip_proto::election::Quorum;
+    let mut cfg = NodeConfig::new(id, members(&[1, 2]), Profile::Default.timing());
+    cfg.quorum = Quorum::TwoNode;
+    let mut n = Node::new(
+        cfg,
+        Persisted {
+            term,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    let first = n.start(t0);
+    let (now, _) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(3));
+    assert_eq!(n.role(), RoleName::Leader);
+    assert_eq!(n.vip(), apivip_proto::election::VipState::Held);
+    (n, now)
+}
+
+/// Two-node mode: of two leaders that hear each other, the better one (priority, then
+/// the lower id: node 1 here) keeps leading and moves past the other's term, up to
+/// MAX_TERM and no further; the other steps down to follow it, in its term if newer.
+#[test]
+fn two_node_leaders_settle_on_the_better_one() {
+    use apivip_proto::message::MAX_TERM;
+    let t0 = Instant::from_nanos(0);
+    let from_peer = |n: &mut Node, now: Instant, term: u64| {
+        let from = 3 - n.id();
+        n.handle(
+            now,
+            Event::Message {
+                from,
+                msg: heartbeat(term, 1),
+            },
+        );
+    };
+
+    let (mut one, now) = two_node_leader(1, 0, t0);
+    let term = one.term();
+    from_peer(&mut one, now, term);
+    assert_eq!((one.role(), one.term()), (RoleName::Leader, term + 1));
+
+    let (mut one, now) = two_node_leader(1, MAX_TERM - 1, t0);
+    assert_eq!(one.term(), MAX_TERM);
+    from_peer(&mut one, now, MAX_TERM);
+    assert_eq!((one.role(), one.term()), (RoleName::Leader, MAX_TERM));
+
+    for ahead in [0, 2] {
+        let (mut two, now) = two_node_leader(2, 0, t0);
+        let term = two.term();
+        from_peer(&mut two, now, term + ahead);
+        assert_eq!(
+            (two.role(), two.term(), two.leader()),
+            (RoleName::Follower, term + ahead, Some(1)),
+            "node 1 {ahead} terms ahead"
+        );
+    }
 }
