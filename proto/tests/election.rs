@@ -1947,3 +1947,74 @@ fn two_node_leaders_settle_on_the_better_one() {
         );
     }
 }
+
+/// A refused claim is retried exactly when its pause (one heartbeat) ends, off the
+/// heartbeat's beat; and at that instant a retry that may not claim yet (its ack round
+/// is too old for a fresh lifetime) arms no timer for the same instant, which would wake
+/// the node in a loop.
+#[test]
+fn a_refused_claim_is_retried_when_its_pause_ends() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    // Fails the claim 60 ms after it went out and runs the timers until a claim or
+    // `end`, the peers acking each heartbeat if `acking`.
+    let retry = |acking: bool, end: Duration| {
+        let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+        let claimed = lead_with_peers(&mut n, t0);
+        let failed = claimed + ms(60);
+        n.handle(failed, Event::VipApplied { ok: false });
+        n.handle(failed, Event::VipReleased);
+        let mut now = failed;
+        while now < failed + end {
+            now = n.next_timer().expect("a timer");
+            let acts = n.handle(now, Event::Timer);
+            if acts.iter().any(|a| matches!(a, Action::ClaimVip { .. })) {
+                return (n, failed, now, true);
+            }
+            for a in acts {
+                if let Action::Send { to, msg } = a
+                    && acking
+                    && let Some(msg) = willing_reply(&msg)
+                {
+                    n.handle(now, Event::Message { from: to, msg });
+                }
+            }
+        }
+        (n, failed, now, false)
+    };
+    let (_, failed, at, claimed) = retry(true, Duration::from_secs(1));
+    assert!(claimed);
+    assert_eq!(at, failed + t.heartbeat);
+
+    let (n, failed, at, claimed) = retry(false, t.heartbeat);
+    assert!(!claimed);
+    assert_eq!(at, failed + t.heartbeat, "no wake-up at the pause's end");
+    assert!(
+        n.next_timer().is_some_and(|next| next > at),
+        "{:?}",
+        n.next_timer()
+    );
+}
+
+/// A node benched for failing may lead again exactly when the bench its notice stated
+/// ends, and not a nanosecond before.
+#[test]
+fn a_bench_ends_exactly_when_its_notice_says() {
+    use apivip_proto::election::Notice;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let first = n.start(t0);
+    let (at, a) = run_with_peers(&mut n, t0, first, false, |a| {
+        matches!(a, Action::Notice(Notice::VipFailing { .. }))
+    });
+    let Action::Notice(Notice::VipFailing { bench, .. }) = a else {
+        unreachable!("run_with_peers stops only on VipFailing");
+    };
+    let end = at + bench;
+    let before = n.status(end.saturating_sub(Duration::from_nanos(1)));
+    assert!(!before.can_lead, "{before:?}");
+    assert_eq!(before.benched_remaining, Some(Duration::from_nanos(1)));
+    let then = n.status(end);
+    assert!(then.can_lead, "{then:?}");
+    assert_eq!(then.benched_remaining, None);
+}
