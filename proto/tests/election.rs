@@ -2018,3 +2018,43 @@ fn a_bench_ends_exactly_when_its_notice_says() {
     assert!(then.can_lead, "{then:?}");
     assert_eq!(then.benched_remaining, None);
 }
+
+/// A lone member whose kernel keeps refusing the VIP has nobody to hand over to: it
+/// keeps leading and retrying, and is never benched.
+#[test]
+fn a_lone_member_keeps_retrying_a_refused_vip() {
+    use apivip_proto::election::Notice;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(
+        NodeConfig::new(1, members(&[1]), Profile::Default.timing()),
+        Persisted::default(),
+        true,
+        1,
+        t0,
+    );
+    let mut acts = n.start(t0);
+    let mut now = t0;
+    let mut claims = 0;
+    while now < t0 + Duration::from_secs(10) {
+        let mut next = Vec::new();
+        for a in &acts {
+            match a {
+                Action::ClaimVip { .. } => {
+                    claims += 1;
+                    next.extend(n.handle(now, Event::VipApplied { ok: false }));
+                }
+                Action::ReleaseVip => next.extend(n.handle(now, Event::VipReleased)),
+                Action::Notice(Notice::VipFailing { .. }) => panic!("handed over alone"),
+                _ => {}
+            }
+        }
+        if next.is_empty() {
+            now = n.next_timer().expect("a timer").max(now);
+            next = n.handle(now, Event::Timer);
+        }
+        acts = next;
+    }
+    assert!(claims > 3, "{claims} claims");
+    assert_eq!(n.role(), RoleName::Leader);
+    assert_eq!(n.status(now).benched_remaining, None);
+}
