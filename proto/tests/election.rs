@@ -2058,3 +2058,216 @@ fn a_lone_member_keeps_retrying_a_refused_vip() {
     assert_eq!(n.role(), RoleName::Leader);
     assert_eq!(n.status(now).benched_remaining, None);
 }
+
+/// A leader that hears a heartbeat of a newer term steps down and follows its sender.
+#[test]
+fn a_leader_follows_a_newer_terms_heartbeat() {
+    let (mut l, now) = holding_leader(Instant::from_nanos(0));
+    let term = l.term();
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: heartbeat(term + 1, 1),
+        },
+    );
+    assert_eq!(
+        (l.role(), l.term(), l.leader()),
+        (RoleName::Follower, term + 1, Some(2))
+    );
+}
+
+/// A follower ignores a second leader of the term it follows: no ack, no switch.
+#[test]
+fn a_follower_ignores_a_second_leader_of_its_term() {
+    let (mut f, heard) = follower_of_1(Instant::from_nanos(0));
+    let acts = f.handle(
+        heard + ms(50),
+        Event::Message {
+            from: 3,
+            msg: heartbeat(f.term(), 1),
+        },
+    );
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Send { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(f.leader(), Some(1));
+}
+
+/// What a node answered to a vote or pre-vote request: granted, and why.
+fn answer_of(acts: &[Action]) -> Option<(bool, apivip_proto::message::VoteReason)> {
+    acts.iter().find_map(|a| match a {
+        Action::Send {
+            msg:
+                Message {
+                    body: Body::Vote(b) | Body::PreVote(b),
+                    ..
+                },
+            ..
+        } => Some((b.granted, b.reason)),
+        _ => None,
+    })
+}
+
+/// A vote goes only to a newer term, or to the voter's own term while it has not voted
+/// in it; a pre-vote only to a newer term. Refusals say why: a vote already cast in that
+/// term, or a stale term.
+#[test]
+fn votes_go_to_fresh_terms_once_and_refusals_say_why() {
+    use apivip_proto::message::VoteReason::{AlreadyVoted, Granted, StaleTerm};
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    // Node 3 restarted at term 5 without a vote in it, past its silence; its own
+    // election timer (rank 2) is still far off.
+    let mut n = Node::new(
+        three(3),
+        Persisted {
+            term: 5,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    n.start(t0);
+    n.handle(t0, Event::VipReleased);
+    let now = t0 + t.election_max;
+    let pre = |term: u64| Message {
+        term,
+        body: Body::PreVoteRequest(Candidacy {
+            priority: 100,
+            flags: Flags::default(),
+        }),
+    };
+    let mut ask = |from: u32, msg: Message| answer_of(&n.handle(now, Event::Message { from, msg }));
+    assert_eq!(
+        ask(2, pre(5)),
+        Some((false, StaleTerm)),
+        "pre-vote, own term"
+    );
+    assert_eq!(
+        ask(2, vote_request(4)),
+        Some((false, StaleTerm)),
+        "older term"
+    );
+    assert_eq!(
+        ask(2, vote_request(5)),
+        Some((true, Granted)),
+        "own term, no vote"
+    );
+    assert_eq!(
+        ask(1, vote_request(5)),
+        Some((false, AlreadyVoted)),
+        "second vote"
+    );
+    assert_eq!(
+        ask(1, vote_request(4)),
+        Some((false, StaleTerm)),
+        "older term, voted"
+    );
+}
+
+/// An ack's promise refuses votes until exactly heartbeat + E_min; before that only a
+/// handover from the very leader and term promised to releases it.
+#[test]
+fn a_promise_refuses_votes_until_it_ends_or_its_own_leader_hands_over() {
+    use apivip_proto::message::Transfer;
+    use apivip_proto::message::VoteReason::{Granted, PromiseActive};
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    // Node 2, past its silence, follows node 1 in term 1 from `heard`.
+    let promised = || {
+        let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+        f.start(t0);
+        f.handle(t0, Event::VipReleased);
+        let heard = t0 + t.election_max + ms(10);
+        f.handle(
+            heard,
+            Event::Message {
+                from: 1,
+                msg: heartbeat(1, 1),
+            },
+        );
+        (f, heard)
+    };
+    let request = |transfer: Option<(u32, u64)>| Message {
+        term: 2,
+        body: Body::VoteRequest(VoteRequest {
+            priority: 100,
+            flags: Flags::default(),
+            transfer: transfer.map(|(from, term)| Transfer {
+                from,
+                term,
+                last_seq: 1,
+            }),
+        }),
+    };
+    let ask = |f: &mut Node, at: Instant, transfer: Option<(u32, u64)>| {
+        answer_of(&f.handle(
+            at,
+            Event::Message {
+                from: 3,
+                msg: request(transfer),
+            },
+        ))
+    };
+
+    let (mut f, heard) = promised();
+    let end = heard + t.election_min;
+    let before = end.saturating_sub(Duration::from_nanos(1));
+    assert_eq!(ask(&mut f, before, None), Some((false, PromiseActive)));
+    assert_eq!(ask(&mut f, end, None), Some((true, Granted)));
+
+    for other in [(3, 1), (1, 0)] {
+        let (mut f, heard) = promised();
+        assert_eq!(
+            ask(&mut f, heard, Some(other)),
+            Some((false, PromiseActive)),
+            "handover {other:?}"
+        );
+    }
+    let (mut f, heard) = promised();
+    assert_eq!(ask(&mut f, heard, Some((1, 1))), Some((true, Granted)));
+}
+
+/// During its start-up silence a node votes only for a handover from the leader of the
+/// term it restarted in or a later one (a promise it may have forgotten was to that
+/// leader, which released the VIP first); not for an older term's handover, nor without
+/// one.
+#[test]
+fn a_silent_node_votes_only_for_a_handover_of_its_start_term_or_later() {
+    use apivip_proto::message::Transfer;
+    use apivip_proto::message::VoteReason::{Granted, Silent};
+    let t0 = Instant::from_nanos(0);
+    let ask = |transfer_term: Option<u64>| {
+        let mut n = Node::new(
+            three(2),
+            Persisted {
+                term: 3,
+                voted_for: None,
+            },
+            true,
+            3,
+            t0,
+        );
+        n.start(t0);
+        n.handle(t0, Event::VipReleased);
+        let msg = Message {
+            term: 4,
+            body: Body::VoteRequest(VoteRequest {
+                priority: 100,
+                flags: Flags::default(),
+                transfer: transfer_term.map(|term| Transfer {
+                    from: 1,
+                    term,
+                    last_seq: 1,
+                }),
+            }),
+        };
+        answer_of(&n.handle(t0 + ms(100), Event::Message { from: 3, msg }))
+    };
+    assert_eq!(ask(Some(3)), Some((true, Granted)));
+    assert_eq!(ask(Some(2)), Some((false, Silent)));
+    assert_eq!(ask(None), Some((false, Silent)));
+}
