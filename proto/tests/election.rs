@@ -557,6 +557,23 @@ fn candidate(cfg: NodeConfig, t0: Instant) -> (Node, Instant) {
     (n, now)
 }
 
+/// As `follower_of_1`, but the heartbeat comes 10 ms after the start-up silence ended,
+/// so the follower may vote and stand.
+fn awake_follower_of_1(t0: Instant) -> (Node, Instant) {
+    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+    f.start(t0);
+    f.handle(t0, Event::VipReleased);
+    let heard = t0 + f.config().timing.election_max + ms(10);
+    f.handle(
+        heard,
+        Event::Message {
+            from: 1,
+            msg: heartbeat(1, 1),
+        },
+    );
+    (f, heard)
+}
+
 /// The start-up silence ends exactly at start + E_max: a vote request at that instant is
 /// granted, one a nanosecond earlier is refused (`silent` is `now < silent_until`).
 #[test]
@@ -2176,21 +2193,7 @@ fn a_promise_refuses_votes_until_it_ends_or_its_own_leader_hands_over() {
     use apivip_proto::message::VoteReason::{Granted, PromiseActive};
     let t = Profile::Default.timing();
     let t0 = Instant::from_nanos(0);
-    // Node 2, past its silence, follows node 1 in term 1 from `heard`.
-    let promised = || {
-        let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
-        f.start(t0);
-        f.handle(t0, Event::VipReleased);
-        let heard = t0 + t.election_max + ms(10);
-        f.handle(
-            heard,
-            Event::Message {
-                from: 1,
-                msg: heartbeat(1, 1),
-            },
-        );
-        (f, heard)
-    };
+    let promised = || awake_follower_of_1(t0);
     let request = |transfer: Option<(u32, u64)>| Message {
         term: 2,
         body: Body::VoteRequest(VoteRequest {
@@ -2229,6 +2232,69 @@ fn a_promise_refuses_votes_until_it_ends_or_its_own_leader_hands_over() {
     }
     let (mut f, heard) = promised();
     assert_eq!(ask(&mut f, heard, Some((1, 1))), Some((true, Granted)));
+    assert_eq!(
+        f.status(heard).promise_remaining,
+        None,
+        "the promise outlived its handover"
+    );
+}
+
+/// A TimeoutNow (a handover to this node) is obeyed only from the leader this node
+/// follows, in its term: it then stands at once.
+#[test]
+fn a_timeout_now_is_obeyed_only_from_the_leader_in_its_term() {
+    use apivip_proto::message::TimeoutNow;
+    let t0 = Instant::from_nanos(0);
+    let stands = |from: u32, term: u64| {
+        let (mut f, heard) = awake_follower_of_1(t0);
+        let msg = Message {
+            term,
+            body: Body::TimeoutNow(TimeoutNow { last_seq: 1 }),
+        };
+        f.handle(heard + ms(20), Event::Message { from, msg });
+        f.role() == RoleName::Candidate
+    };
+    assert!(stands(1, 1));
+    assert!(!stands(3, 1), "obeyed another member");
+    assert!(!stands(1, 2), "obeyed another term");
+}
+
+/// A Resign is heeded only from the leader this node follows, in its term: the node
+/// then drops the leader and its promise and stands after its rank's offset, well
+/// before a whole election timeout.
+#[test]
+fn a_resign_is_heeded_only_from_the_leader_in_its_term() {
+    use apivip_proto::message::Resign;
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let resign = |from: u32, term: u64| {
+        let (mut f, heard) = awake_follower_of_1(t0);
+        let at = heard + ms(20);
+        let msg = Message {
+            term,
+            body: Body::Resign(Resign { last_seq: 1 }),
+        };
+        f.handle(at, Event::Message { from, msg });
+        (f, at)
+    };
+    let (f, at) = resign(1, 1);
+    let s = f.status(at);
+    assert_eq!((s.leader, s.promise_remaining), (None, None), "{s:?}");
+    assert!(
+        f.next_timer()
+            .is_some_and(|next| next < at + t.election_min),
+        "{:?}",
+        f.next_timer()
+    );
+    for (from, term) in [(3, 1), (1, 2), (4, 1)] {
+        let (f, at) = resign(from, term);
+        let s = f.status(at);
+        assert_eq!(s.leader, Some(1), "resign from {from} in term {term}");
+        assert!(
+            s.promise_remaining.is_some(),
+            "resign from {from} in term {term}"
+        );
+    }
 }
 
 /// During its start-up silence a node votes only for a handover from the leader of the
