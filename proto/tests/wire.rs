@@ -1815,3 +1815,47 @@ fn a_datagram_at_the_size_floor_is_judged_by_its_stated_body() {
         })
     );
 }
+
+/// The wire's own flag bits (SPEAKS_2, and ALL_SPEAK_2 on heartbeats) are set on every
+/// flags byte, not toggled: flags that already carry those bits (the election's flags
+/// are a plain byte) still tell the receiver what the sender speaks.
+#[test]
+fn the_wires_flag_bits_are_set_whatever_the_flags_carry() {
+    let all = Flags(0xFF);
+    let bodies = [
+        Body::Heartbeat(Heartbeat {
+            seq: 1,
+            flags: all,
+            priority: 100,
+            members_hash: 0,
+        }),
+        Body::Ack(Ack {
+            seq: 1,
+            accepted: true,
+            flags: all,
+            priority: 100,
+            members_hash: 0,
+            promise: None,
+        }),
+        Body::PreVoteRequest(Candidacy {
+            priority: 100,
+            flags: all,
+        }),
+        Body::VoteRequest(VoteRequest {
+            priority: 100,
+            flags: all,
+            transfer: None,
+        }),
+    ];
+    for body in bodies {
+        let is_heartbeat = matches!(body, Body::Heartbeat(_));
+        let mut sender = codec(1, EPOCH);
+        sender.set_all_speak_2(true);
+        let msg = Message { term: 1, body };
+        let got = codec(2, EPOCH)
+            .decode(&sender.encode(2, &msg))
+            .expect("decodes");
+        assert_eq!(got.speaks, 2, "{msg:?}");
+        assert_eq!(got.all_speak_2, is_heartbeat, "{msg:?}");
+    }
+}
