@@ -1859,3 +1859,16 @@ fn the_wires_flag_bits_are_set_whatever_the_flags_carry() {
         assert_eq!(got.all_speak_2, is_heartbeat, "{msg:?}");
     }
 }
+
+/// Keyrings are equal only when they hold the same keys in the same order: the order
+/// matters, since the first key signs.
+#[test]
+fn keyrings_are_equal_only_with_the_same_keys_in_the_same_order() {
+    let a = std::str::from_utf8(KEY).expect("ASCII test key");
+    let b = std::str::from_utf8(OTHER_KEY).expect("ASCII test key");
+    assert_eq!(ring(&[a, b]), ring(&[a, b]));
+    assert_eq!(keys(KEY), ring(&[a]));
+    assert_ne!(keys(KEY), keys(OTHER_KEY));
+    assert_ne!(ring(&[a, b]), ring(&[b, a]));
+    assert_ne!(ring(&[a]), ring(&[a, b]));
+}
