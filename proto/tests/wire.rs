@@ -1872,3 +1872,27 @@ fn keyrings_are_equal_only_with_the_same_keys_in_the_same_order() {
     assert_ne!(ring(&[a, b]), ring(&[b, a]));
     assert_ne!(ring(&[a]), ring(&[a, b]));
 }
+
+/// A key of exactly MIN_KEY_LEN bytes is long enough, one byte less is not, in a key
+/// file and given directly alike.
+#[test]
+fn a_key_of_exactly_the_minimum_length_is_accepted() {
+    use apivip_proto::wire::MIN_KEY_LEN;
+    let just = "k".repeat(MIN_KEY_LEN);
+    let short = "k".repeat(MIN_KEY_LEN - 1);
+    assert_eq!(Keyring::parse(&just).map(|r| r.len()), Ok(1));
+    assert_eq!(
+        Keyring::parse(&format!("# rotation\n{short}")),
+        Err(KeyError::LineTooShort {
+            line: 2,
+            len: MIN_KEY_LEN - 1
+        })
+    );
+    assert!(Keyring::single(just.as_bytes()).is_ok());
+    assert_eq!(
+        Keyring::single(short.as_bytes()),
+        Err(KeyError::TooShort {
+            len: MIN_KEY_LEN - 1
+        })
+    );
+}
