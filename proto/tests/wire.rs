@@ -1874,13 +1874,14 @@ fn keyrings_are_equal_only_with_the_same_keys_in_the_same_order() {
 }
 
 /// A key of exactly MIN_KEY_LEN bytes is long enough, one byte less is not, in a key
-/// file and given directly alike.
+/// file and given directly alike; a ring that parsed is never empty.
 #[test]
 fn a_key_of_exactly_the_minimum_length_is_accepted() {
     use apivip_proto::wire::MIN_KEY_LEN;
     let just = "k".repeat(MIN_KEY_LEN);
     let short = "k".repeat(MIN_KEY_LEN - 1);
-    assert_eq!(Keyring::parse(&just).map(|r| r.len()), Ok(1));
+    let ring = Keyring::parse(&just).expect("a key of the minimum length");
+    assert_eq!((ring.len(), ring.is_empty()), (1, false));
     assert_eq!(
         Keyring::parse(&format!("# rotation\n{short}")),
         Err(KeyError::LineTooShort {
