@@ -2337,3 +2337,28 @@ fn a_silent_node_votes_only_for_a_handover_of_its_start_term_or_later() {
     assert_eq!(ask(Some(2)), Some((false, Silent)));
     assert_eq!(ask(None), Some((false, Silent)));
 }
+
+/// After its silence each node stands in its rank's slot of the election range (a third
+/// of E_max - E_min here), and its jitter stays a drift guard (2 × 1 % × E_max, 20 ms)
+/// clear of the next slot, so neighbouring ranks never fire together.
+#[test]
+fn each_rank_stands_in_its_own_slot_clear_of_the_next() {
+    let t = Profile::Default.timing();
+    let slot = (t.election_max - t.election_min) / 3;
+    let guard = ms(20);
+    let t0 = Instant::from_nanos(0);
+    for (id, rank) in [(1, 0), (2, 1), (3, 2)] {
+        let (mut lo, mut hi) = (Duration::MAX, Duration::ZERO);
+        for seed in 0..200 {
+            let mut n = Node::new(three(id), Persisted::default(), true, seed, t0);
+            let first = timer_of(&n.start(t0)).expect("a timer");
+            let offset = first - (t0 + t.election_max);
+            lo = lo.min(offset);
+            hi = hi.max(offset);
+        }
+        assert!(
+            lo >= slot * rank && hi < slot * (rank + 1) - guard,
+            "rank {rank}: offsets {lo:?}..{hi:?}"
+        );
+    }
+}
