@@ -2362,3 +2362,28 @@ fn each_rank_stands_in_its_own_slot_clear_of_the_next() {
         );
     }
 }
+
+/// A member at MAX_TERM has no next term to stand in: it never even asks for pre-votes
+/// (which would name MAX_TERM + 1).
+#[test]
+fn a_member_at_max_term_never_asks_for_prevotes() {
+    use apivip_proto::message::MAX_TERM;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(
+        three(1),
+        Persisted {
+            term: MAX_TERM,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    let first = n.start(t0);
+    let (_, acts) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(5));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Send { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(n.role(), RoleName::Follower);
+}
