@@ -326,11 +326,28 @@ fn willing_reply(msg: &Message) -> Option<Message> {
 /// Brings a node of a 3-member list to leadership by hand: silence, pre-votes, votes,
 /// the first ack round, all granted by willing peers. Returns when its claim went out.
 fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
-    let mut now = t0;
-    let mut acts = n.start(t0);
-    for _ in 0..200 {
+    let first = n.start(t0);
+    let (now, _) = run_with_peers(n, t0, first, true, |a| matches!(a, Action::ClaimVip { .. }));
+    now
+}
+
+/// Runs a node among willing peers from `now` (first carrying out `first`), its kernel
+/// answering every claim and refresh with `kernel_ok`, until `stop` picks one of its
+/// actions: returns that action, untouched, and when it came.
+fn run_with_peers(
+    n: &mut Node,
+    mut now: Instant,
+    first: Vec<Action>,
+    kernel_ok: bool,
+    stop: impl Fn(&Action) -> bool,
+) -> (Instant, Action) {
+    let mut acts = first;
+    for _ in 0..10_000 {
         let mut next = Vec::new();
         for a in &acts {
+            if stop(a) {
+                return (now, a.clone());
+            }
             match a {
                 Action::Send { to, msg } => {
                     if let Some(reply) = willing_reply(msg) {
@@ -344,7 +361,9 @@ fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
                     }
                 }
                 Action::ReleaseVip => next.extend(n.handle(now, Event::VipReleased)),
-                Action::ClaimVip { .. } => return now,
+                Action::ClaimVip { .. } | Action::RefreshVip { .. } => {
+                    next.extend(n.handle(now, Event::VipApplied { ok: kernel_ok }))
+                }
                 _ => {}
             }
         }
@@ -354,7 +373,7 @@ fn lead_with_peers(n: &mut Node, t0: Instant) -> Instant {
         }
         acts = next;
     }
-    panic!("never claimed");
+    panic!("never stopped");
 }
 
 /// A kernel that keeps refusing the VIP: the leader pauses between claims (doubling),
@@ -536,6 +555,23 @@ fn candidate(cfg: NodeConfig, t0: Instant) -> (Node, Instant) {
     }
     assert_eq!(n.role(), RoleName::Candidate);
     (n, now)
+}
+
+/// As `follower_of_1`, but the heartbeat comes 10 ms after the start-up silence ended,
+/// so the follower may vote and stand.
+fn awake_follower_of_1(t0: Instant) -> (Node, Instant) {
+    let mut f = Node::new(three(2), Persisted::default(), true, 3, t0);
+    f.start(t0);
+    f.handle(t0, Event::VipReleased);
+    let heard = t0 + f.config().timing.election_max + ms(10);
+    f.handle(
+        heard,
+        Event::Message {
+            from: 1,
+            msg: heartbeat(1, 1),
+        },
+    );
+    (f, heard)
 }
 
 /// The start-up silence ends exactly at start + E_max: a vote request at that instant is
@@ -1624,6 +1660,7 @@ fn a_leader_moves_past_a_newer_term_refused_in_unless_handing_over_or_at_max_ter
     let (mut l, now) = holding_leader(t0);
     let term = l.term();
     l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    assert!(l.status(now).transferring);
     l.handle(
         now,
         Event::Message {
@@ -1653,4 +1690,700 @@ fn a_leader_moves_past_a_newer_term_refused_in_unless_handing_over_or_at_max_ter
         },
     );
     assert!(l.term() <= MAX_TERM, "term {} past MAX_TERM", l.term());
+}
+
+/// A lease never shrinks: promises already given stay given, so a later ack round whose
+/// ackers promise less (their timing was shortened) leaves the lease where earlier acks
+/// put it.
+#[test]
+fn a_shorter_promise_in_a_later_ack_does_not_shorten_the_lease() {
+    let t0 = Instant::from_nanos(0);
+    let (mut l, _) = holding_leader(t0);
+    let until = l.vip_hold_until().expect("a hold limit");
+    let now = l.next_timer().expect("a timer");
+    let acts = l.handle(now, Event::Timer);
+    let seq = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                msg:
+                    Message {
+                        body: Body::Heartbeat(hb),
+                        ..
+                    },
+                ..
+            } => Some(hb.seq),
+            _ => None,
+        })
+        .expect("a heartbeat");
+    let term = l.term();
+    for from in [2, 3] {
+        let mut msg = ack(term, seq);
+        if let Body::Ack(a) = &mut msg.body {
+            a.promise = Some(ms(100));
+        }
+        l.handle(now, Event::Message { from, msg });
+    }
+    assert_eq!(l.vip_hold_until(), Some(until));
+}
+
+/// A handover never goes to a member our list gives priority 0 (a witness), even one
+/// whose acks say it can lead (its own list may still give it a priority, mid-reload).
+#[test]
+fn a_transfer_to_a_priority_zero_member_is_refused() {
+    use apivip_proto::election::{Admin, Notice};
+    let t0 = Instant::from_nanos(0);
+    let mut cfg = three(1);
+    cfg.members[2].priority = 0;
+    let mut l = Node::new(cfg, Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut l, t0);
+    l.handle(now, Event::VipApplied { ok: true });
+    let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(3) }));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Notice(Notice::TransferRefused { .. }))),
+        "{acts:?}"
+    );
+    assert!(!l.status(now).transferring);
+    let acts = l.handle(now, Event::Admin(Admin::Transfer { to: Some(2) }));
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Notice(Notice::TransferStarted { to: Some(2), .. })
+        )),
+        "{acts:?}"
+    );
+}
+
+/// Node 1 of members with these priorities, leading with the VIP held, and that time.
+fn holding_leader_among(priorities: &[(u32, u8)], t0: Instant) -> (Node, Instant) {
+    use apivip_proto::election::Member;
+    let cfg = NodeConfig::new(
+        1,
+        priorities
+            .iter()
+            .map(|&(id, priority)| Member { id, priority })
+            .collect(),
+        Profile::Default.timing(),
+    );
+    let mut l = Node::new(cfg, Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut l, t0);
+    l.handle(now, Event::VipApplied { ok: true });
+    (l, now)
+}
+
+/// Runs leader `l` from `now` until it starts a handover or `end` passes. Each peer
+/// acks each heartbeat when `acks(peer, time since now)` gives its CAN_LEAD flag, and
+/// stays silent on `None`. Returns how long after `now` the handover started, and to
+/// whom.
+fn lead_until_handover(
+    l: &mut Node,
+    now: Instant,
+    end: Duration,
+    acks: impl Fn(u32, Duration) -> Option<bool>,
+) -> Option<(Duration, Option<u32>)> {
+    use apivip_proto::election::Notice;
+    let start = now;
+    let mut now = now;
+    while now < start + end {
+        now = l.next_timer().expect("a timer").max(now);
+        let mut acts = l.handle(now, Event::Timer);
+        let mut i = 0;
+        while let Some(a) = acts.get(i) {
+            let more = match a {
+                Action::Notice(Notice::TransferStarted { to, .. }) => {
+                    return Some((now - start, *to));
+                }
+                Action::Send {
+                    to,
+                    msg:
+                        Message {
+                            term,
+                            body: Body::Heartbeat(hb),
+                        },
+                } => match acks(*to, now - start) {
+                    Some(can_lead) => {
+                        let (from, mut msg) = (*to, ack(*term, hb.seq));
+                        if let Body::Ack(a) = &mut msg.body {
+                            a.flags = a.flags.with(Flags::CAN_LEAD, can_lead);
+                        }
+                        l.handle(now, Event::Message { from, msg })
+                    }
+                    None => Vec::new(),
+                },
+                Action::RefreshVip { .. } => l.handle(now, Event::VipApplied { ok: true }),
+                _ => Vec::new(),
+            };
+            acts.extend(more);
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Preemption hands over once a better follower has been eligible for `preempt_delay`.
+/// A pending target that misses a few acks (loss) keeps its place in the wait; one silent
+/// for a whole lease is forgotten and waits the whole delay again once it is back.
+#[test]
+fn a_preemption_survives_a_short_gap_but_not_a_lease_of_silence() {
+    let t0 = Instant::from_nanos(0);
+    let delay = three(1).preempt_delay;
+    // Node 2 is better than the leader; node 3 keeps the lease alive throughout.
+    let run = |quiet_from: Duration, quiet_to: Duration| {
+        let (mut l, now) = holding_leader_among(&[(1, 100), (2, 200), (3, 100)], t0);
+        lead_until_handover(&mut l, now, Duration::from_secs(10), |from, at| {
+            (from == 3 || at < quiet_from || at >= quiet_to).then_some(true)
+        })
+        .expect("a handover")
+    };
+    // 400 ms: longer than the three heartbeats that keep a follower eligible, shorter
+    // than a lease, and just before the delay runs out.
+    let (after, to) = run(ms(2500), ms(2900));
+    assert_eq!(to, Some(2));
+    assert!(after < delay + ms(500), "handed over after {after:?}");
+    let (after, to) = run(ms(1000), ms(2500));
+    assert_eq!(to, Some(2));
+    assert!(after >= ms(2500) + delay, "handed over after {after:?}");
+}
+
+/// When a still better follower becomes eligible while another waits out its delay, the
+/// wait starts over for the new target.
+#[test]
+fn a_new_preemption_target_waits_its_own_delay() {
+    let t0 = Instant::from_nanos(0);
+    let delay = three(1).preempt_delay;
+    let (mut l, now) = holding_leader_among(&[(1, 100), (2, 150), (3, 200)], t0);
+    let (after, to) = lead_until_handover(&mut l, now, Duration::from_secs(10), |from, at| {
+        Some(from == 2 || at >= ms(2000))
+    })
+    .expect("a handover");
+    assert_eq!(to, Some(3));
+    assert!(after >= ms(2000) + delay, "handed over after {after:?}");
+}
+
+/// A claim the kernel accepts clears the count of failures before it.
+#[test]
+fn a_successful_claim_clears_the_failure_count() {
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let now = lead_with_peers(&mut n, t0);
+    let acts = n.handle(now, Event::VipApplied { ok: false });
+    assert_eq!(n.status(now).vip_failures, 1);
+    let (now, _) = run_with_peers(&mut n, now, acts, false, |a| {
+        matches!(a, Action::ClaimVip { .. })
+    });
+    n.handle(now, Event::VipApplied { ok: true });
+    assert_eq!(n.status(now).vip_failures, 0);
+}
+
+/// A leader whose kernel refuses its claims hands over at the third refusal in a row
+/// (here well inside a lease); when it hands over for failing again soon after, it stays
+/// out of elections twice as long as the first time.
+#[test]
+fn handovers_for_failing_come_at_the_third_refusal_and_bench_longer_each_time() {
+    use apivip_proto::election::{FAILURES_BEFORE_HANDOVER, Notice};
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let first = n.start(t0);
+    let failing = |a: &Action| matches!(a, Action::Notice(Notice::VipFailing { .. }));
+    let mut now = t0;
+    let mut benches = Vec::new();
+    let mut acts = first;
+    for _ in 0..2 {
+        let (at, a) = run_with_peers(&mut n, now, acts, false, failing);
+        if let Action::Notice(Notice::VipFailing { failures, bench }) = a {
+            assert_eq!(failures, FAILURES_BEFORE_HANDOVER, "at {:?}", at - t0);
+            benches.push(bench);
+        }
+        now = at;
+        acts = Vec::new();
+    }
+    assert_eq!(benches.len(), 2);
+    assert_eq!(benches[1], benches[0] * 2, "{benches:?}");
+}
+
+/// Node `id` of a two-node cluster (two-node quorum) stored at `term`, leading alone
+/// with the VIP held, and that time.
+fn two_node_leader(id: u32, term: u64, t0: Instant) -> (Node, Instant) {
+    use apivip_proto::election::Quorum;
+    let mut cfg = NodeConfig::new(id, members(&[1, 2]), Profile::Default.timing());
+    cfg.quorum = Quorum::TwoNode;
+    let mut n = Node::new(
+        cfg,
+        Persisted {
+            term,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    let first = n.start(t0);
+    let (now, _) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(3));
+    assert_eq!(n.role(), RoleName::Leader);
+    assert_eq!(n.vip(), apivip_proto::election::VipState::Held);
+    (n, now)
+}
+
+/// Two-node mode: of two leaders that hear each other, the better one (priority, then
+/// the lower id: node 1 here) keeps leading and moves past the other's term, up to
+/// MAX_TERM and no further; the other steps down to follow it, in its term if newer.
+#[test]
+fn two_node_leaders_settle_on_the_better_one() {
+    use apivip_proto::message::MAX_TERM;
+    let t0 = Instant::from_nanos(0);
+    let from_peer = |n: &mut Node, now: Instant, term: u64| {
+        let from = 3 - n.id();
+        n.handle(
+            now,
+            Event::Message {
+                from,
+                msg: heartbeat(term, 1),
+            },
+        );
+    };
+
+    let (mut one, now) = two_node_leader(1, 0, t0);
+    let term = one.term();
+    from_peer(&mut one, now, term);
+    assert_eq!((one.role(), one.term()), (RoleName::Leader, term + 1));
+
+    let (mut one, now) = two_node_leader(1, MAX_TERM - 1, t0);
+    assert_eq!(one.term(), MAX_TERM);
+    from_peer(&mut one, now, MAX_TERM);
+    assert_eq!((one.role(), one.term()), (RoleName::Leader, MAX_TERM));
+
+    for ahead in [0, 2] {
+        let (mut two, now) = two_node_leader(2, 0, t0);
+        let term = two.term();
+        from_peer(&mut two, now, term + ahead);
+        assert_eq!(
+            (two.role(), two.term(), two.leader()),
+            (RoleName::Follower, term + ahead, Some(1)),
+            "node 1 {ahead} terms ahead"
+        );
+    }
+}
+
+/// A refused claim is retried exactly when its pause (one heartbeat) ends, off the
+/// heartbeat's beat; and at that instant a retry that may not claim yet (its ack round
+/// is too old for a fresh lifetime) arms no timer for the same instant, which would wake
+/// the node in a loop.
+#[test]
+fn a_refused_claim_is_retried_when_its_pause_ends() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    // Fails the claim 60 ms after it went out and runs the timers until a claim or
+    // `end`, the peers acking each heartbeat if `acking`.
+    let retry = |acking: bool, end: Duration| {
+        let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+        let claimed = lead_with_peers(&mut n, t0);
+        let failed = claimed + ms(60);
+        n.handle(failed, Event::VipApplied { ok: false });
+        n.handle(failed, Event::VipReleased);
+        let mut now = failed;
+        while now < failed + end {
+            now = n.next_timer().expect("a timer");
+            let acts = n.handle(now, Event::Timer);
+            if acts.iter().any(|a| matches!(a, Action::ClaimVip { .. })) {
+                return (n, failed, now, true);
+            }
+            for a in acts {
+                if let Action::Send { to, msg } = a
+                    && acking
+                    && let Some(msg) = willing_reply(&msg)
+                {
+                    n.handle(now, Event::Message { from: to, msg });
+                }
+            }
+        }
+        (n, failed, now, false)
+    };
+    let (_, failed, at, claimed) = retry(true, Duration::from_secs(1));
+    assert!(claimed);
+    assert_eq!(at, failed + t.heartbeat);
+
+    let (n, failed, at, claimed) = retry(false, t.heartbeat);
+    assert!(!claimed);
+    assert_eq!(at, failed + t.heartbeat, "no wake-up at the pause's end");
+    assert!(
+        n.next_timer().is_some_and(|next| next > at),
+        "{:?}",
+        n.next_timer()
+    );
+}
+
+/// A node benched for failing may lead again exactly when the bench its notice stated
+/// ends, and not a nanosecond before.
+#[test]
+fn a_bench_ends_exactly_when_its_notice_says() {
+    use apivip_proto::election::Notice;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(three(1), Persisted::default(), true, 3, t0);
+    let first = n.start(t0);
+    let (at, a) = run_with_peers(&mut n, t0, first, false, |a| {
+        matches!(a, Action::Notice(Notice::VipFailing { .. }))
+    });
+    let Action::Notice(Notice::VipFailing { bench, .. }) = a else {
+        unreachable!("run_with_peers stops only on VipFailing");
+    };
+    let end = at + bench;
+    let before = n.status(end.saturating_sub(Duration::from_nanos(1)));
+    assert!(!before.can_lead, "{before:?}");
+    assert_eq!(before.benched_remaining, Some(Duration::from_nanos(1)));
+    let then = n.status(end);
+    assert!(then.can_lead, "{then:?}");
+    assert_eq!(then.benched_remaining, None);
+}
+
+/// A lone member whose kernel keeps refusing the VIP has nobody to hand over to: it
+/// keeps leading and retrying, and is never benched.
+#[test]
+fn a_lone_member_keeps_retrying_a_refused_vip() {
+    use apivip_proto::election::Notice;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(
+        NodeConfig::new(1, members(&[1]), Profile::Default.timing()),
+        Persisted::default(),
+        true,
+        1,
+        t0,
+    );
+    let mut acts = n.start(t0);
+    let mut now = t0;
+    let mut claims = 0;
+    while now < t0 + Duration::from_secs(10) {
+        let mut next = Vec::new();
+        for a in &acts {
+            match a {
+                Action::ClaimVip { .. } => {
+                    claims += 1;
+                    next.extend(n.handle(now, Event::VipApplied { ok: false }));
+                }
+                Action::ReleaseVip => next.extend(n.handle(now, Event::VipReleased)),
+                Action::Notice(Notice::VipFailing { .. }) => panic!("handed over alone"),
+                _ => {}
+            }
+        }
+        if next.is_empty() {
+            now = n.next_timer().expect("a timer").max(now);
+            next = n.handle(now, Event::Timer);
+        }
+        acts = next;
+    }
+    assert!(claims > 3, "{claims} claims");
+    assert_eq!(n.role(), RoleName::Leader);
+    assert_eq!(n.status(now).benched_remaining, None);
+}
+
+/// A leader that hears a heartbeat of a newer term steps down and follows its sender.
+#[test]
+fn a_leader_follows_a_newer_terms_heartbeat() {
+    let (mut l, now) = holding_leader(Instant::from_nanos(0));
+    let term = l.term();
+    l.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: heartbeat(term + 1, 1),
+        },
+    );
+    assert_eq!(
+        (l.role(), l.term(), l.leader()),
+        (RoleName::Follower, term + 1, Some(2))
+    );
+}
+
+/// A follower ignores a second leader of the term it follows: no ack, no switch.
+#[test]
+fn a_follower_ignores_a_second_leader_of_its_term() {
+    let (mut f, heard) = follower_of_1(Instant::from_nanos(0));
+    let acts = f.handle(
+        heard + ms(50),
+        Event::Message {
+            from: 3,
+            msg: heartbeat(f.term(), 1),
+        },
+    );
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Send { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(f.leader(), Some(1));
+}
+
+/// What a node answered to a vote or pre-vote request: granted, and why.
+fn answer_of(acts: &[Action]) -> Option<(bool, apivip_proto::message::VoteReason)> {
+    acts.iter().find_map(|a| match a {
+        Action::Send {
+            msg:
+                Message {
+                    body: Body::Vote(b) | Body::PreVote(b),
+                    ..
+                },
+            ..
+        } => Some((b.granted, b.reason)),
+        _ => None,
+    })
+}
+
+/// A vote goes only to a newer term, or to the voter's own term while it has not voted
+/// in it; a pre-vote only to a newer term. Refusals say why: a vote already cast in that
+/// term, or a stale term.
+#[test]
+fn votes_go_to_fresh_terms_once_and_refusals_say_why() {
+    use apivip_proto::message::VoteReason::{AlreadyVoted, Granted, StaleTerm};
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    // Node 3 restarted at term 5 without a vote in it, past its silence; its own
+    // election timer (rank 2) is still far off.
+    let mut n = Node::new(
+        three(3),
+        Persisted {
+            term: 5,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    n.start(t0);
+    n.handle(t0, Event::VipReleased);
+    let now = t0 + t.election_max;
+    let pre = |term: u64| Message {
+        term,
+        body: Body::PreVoteRequest(Candidacy {
+            priority: 100,
+            flags: Flags::default(),
+        }),
+    };
+    let mut ask = |from: u32, msg: Message| answer_of(&n.handle(now, Event::Message { from, msg }));
+    assert_eq!(
+        ask(2, pre(5)),
+        Some((false, StaleTerm)),
+        "pre-vote, own term"
+    );
+    assert_eq!(
+        ask(2, vote_request(4)),
+        Some((false, StaleTerm)),
+        "older term"
+    );
+    assert_eq!(
+        ask(2, vote_request(5)),
+        Some((true, Granted)),
+        "own term, no vote"
+    );
+    assert_eq!(
+        ask(1, vote_request(5)),
+        Some((false, AlreadyVoted)),
+        "second vote"
+    );
+    assert_eq!(
+        ask(1, vote_request(4)),
+        Some((false, StaleTerm)),
+        "older term, voted"
+    );
+}
+
+/// An ack's promise refuses votes until exactly heartbeat + E_min; before that only a
+/// handover from the very leader and term promised to releases it.
+#[test]
+fn a_promise_refuses_votes_until_it_ends_or_its_own_leader_hands_over() {
+    use apivip_proto::message::Transfer;
+    use apivip_proto::message::VoteReason::{Granted, PromiseActive};
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let promised = || awake_follower_of_1(t0);
+    let request = |transfer: Option<(u32, u64)>| Message {
+        term: 2,
+        body: Body::VoteRequest(VoteRequest {
+            priority: 100,
+            flags: Flags::default(),
+            transfer: transfer.map(|(from, term)| Transfer {
+                from,
+                term,
+                last_seq: 1,
+            }),
+        }),
+    };
+    let ask = |f: &mut Node, at: Instant, transfer: Option<(u32, u64)>| {
+        answer_of(&f.handle(
+            at,
+            Event::Message {
+                from: 3,
+                msg: request(transfer),
+            },
+        ))
+    };
+
+    let (mut f, heard) = promised();
+    let end = heard + t.election_min;
+    let before = end.saturating_sub(Duration::from_nanos(1));
+    assert_eq!(ask(&mut f, before, None), Some((false, PromiseActive)));
+    assert_eq!(ask(&mut f, end, None), Some((true, Granted)));
+
+    for other in [(3, 1), (1, 0)] {
+        let (mut f, heard) = promised();
+        assert_eq!(
+            ask(&mut f, heard, Some(other)),
+            Some((false, PromiseActive)),
+            "handover {other:?}"
+        );
+    }
+    let (mut f, heard) = promised();
+    assert_eq!(ask(&mut f, heard, Some((1, 1))), Some((true, Granted)));
+    assert_eq!(
+        f.status(heard).promise_remaining,
+        None,
+        "the promise outlived its handover"
+    );
+}
+
+/// A TimeoutNow (a handover to this node) is obeyed only from the leader this node
+/// follows, in its term: it then stands at once.
+#[test]
+fn a_timeout_now_is_obeyed_only_from_the_leader_in_its_term() {
+    use apivip_proto::message::TimeoutNow;
+    let t0 = Instant::from_nanos(0);
+    let stands = |from: u32, term: u64| {
+        let (mut f, heard) = awake_follower_of_1(t0);
+        let msg = Message {
+            term,
+            body: Body::TimeoutNow(TimeoutNow { last_seq: 1 }),
+        };
+        f.handle(heard + ms(20), Event::Message { from, msg });
+        f.role() == RoleName::Candidate
+    };
+    assert!(stands(1, 1));
+    assert!(!stands(3, 1), "obeyed another member");
+    assert!(!stands(1, 2), "obeyed another term");
+}
+
+/// A Resign is heeded only from the leader this node follows, in its term: the node
+/// then drops the leader and its promise and stands after its rank's offset, well
+/// before a whole election timeout.
+#[test]
+fn a_resign_is_heeded_only_from_the_leader_in_its_term() {
+    use apivip_proto::message::Resign;
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let resign = |from: u32, term: u64| {
+        let (mut f, heard) = awake_follower_of_1(t0);
+        let at = heard + ms(20);
+        let msg = Message {
+            term,
+            body: Body::Resign(Resign { last_seq: 1 }),
+        };
+        f.handle(at, Event::Message { from, msg });
+        (f, at)
+    };
+    let (f, at) = resign(1, 1);
+    let s = f.status(at);
+    assert_eq!((s.leader, s.promise_remaining), (None, None), "{s:?}");
+    assert!(
+        f.next_timer()
+            .is_some_and(|next| next < at + t.election_min),
+        "{:?}",
+        f.next_timer()
+    );
+    for (from, term) in [(3, 1), (1, 2), (4, 1)] {
+        let (f, at) = resign(from, term);
+        let s = f.status(at);
+        assert_eq!(s.leader, Some(1), "resign from {from} in term {term}");
+        assert!(
+            s.promise_remaining.is_some(),
+            "resign from {from} in term {term}"
+        );
+    }
+}
+
+/// During its start-up silence a node votes only for a handover from the leader of the
+/// term it restarted in or a later one (a promise it may have forgotten was to that
+/// leader, which released the VIP first); not for an older term's handover, nor without
+/// one.
+#[test]
+fn a_silent_node_votes_only_for_a_handover_of_its_start_term_or_later() {
+    use apivip_proto::message::Transfer;
+    use apivip_proto::message::VoteReason::{Granted, Silent};
+    let t0 = Instant::from_nanos(0);
+    let ask = |transfer_term: Option<u64>| {
+        let mut n = Node::new(
+            three(2),
+            Persisted {
+                term: 3,
+                voted_for: None,
+            },
+            true,
+            3,
+            t0,
+        );
+        n.start(t0);
+        n.handle(t0, Event::VipReleased);
+        let msg = Message {
+            term: 4,
+            body: Body::VoteRequest(VoteRequest {
+                priority: 100,
+                flags: Flags::default(),
+                transfer: transfer_term.map(|term| Transfer {
+                    from: 1,
+                    term,
+                    last_seq: 1,
+                }),
+            }),
+        };
+        answer_of(&n.handle(t0 + ms(100), Event::Message { from: 3, msg }))
+    };
+    assert_eq!(ask(Some(3)), Some((true, Granted)));
+    assert_eq!(ask(Some(2)), Some((false, Silent)));
+    assert_eq!(ask(None), Some((false, Silent)));
+}
+
+/// After its silence each node stands in its rank's slot of the election range (a third
+/// of E_max - E_min here), and its jitter stays a drift guard (2 × 1 % × E_max, 20 ms)
+/// clear of the next slot, so neighbouring ranks never fire together.
+#[test]
+fn each_rank_stands_in_its_own_slot_clear_of_the_next() {
+    let t = Profile::Default.timing();
+    let slot = (t.election_max - t.election_min) / 3;
+    let guard = ms(20);
+    let t0 = Instant::from_nanos(0);
+    for (id, rank) in [(1, 0), (2, 1), (3, 2)] {
+        let (mut lo, mut hi) = (Duration::MAX, Duration::ZERO);
+        for seed in 0..200 {
+            let mut n = Node::new(three(id), Persisted::default(), true, seed, t0);
+            let first = timer_of(&n.start(t0)).expect("a timer");
+            let offset = first - (t0 + t.election_max);
+            lo = lo.min(offset);
+            hi = hi.max(offset);
+        }
+        assert!(
+            lo >= slot * rank && hi < slot * (rank + 1) - guard,
+            "rank {rank}: offsets {lo:?}..{hi:?}"
+        );
+    }
+}
+
+/// A member at MAX_TERM has no next term to stand in: it never even asks for pre-votes
+/// (which would name MAX_TERM + 1).
+#[test]
+fn a_member_at_max_term_never_asks_for_prevotes() {
+    use apivip_proto::message::MAX_TERM;
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(
+        three(1),
+        Persisted {
+            term: MAX_TERM,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    let first = n.start(t0);
+    let (_, acts) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(5));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Send { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(n.role(), RoleName::Follower);
 }

@@ -1815,3 +1815,85 @@ fn a_datagram_at_the_size_floor_is_judged_by_its_stated_body() {
         })
     );
 }
+
+/// The wire's own flag bits (SPEAKS_2, and ALL_SPEAK_2 on heartbeats) are set on every
+/// flags byte, not toggled: flags that already carry those bits (the election's flags
+/// are a plain byte) still tell the receiver what the sender speaks.
+#[test]
+fn the_wires_flag_bits_are_set_whatever_the_flags_carry() {
+    let all = Flags(0xFF);
+    let bodies = [
+        Body::Heartbeat(Heartbeat {
+            seq: 1,
+            flags: all,
+            priority: 100,
+            members_hash: 0,
+        }),
+        Body::Ack(Ack {
+            seq: 1,
+            accepted: true,
+            flags: all,
+            priority: 100,
+            members_hash: 0,
+            promise: None,
+        }),
+        Body::PreVoteRequest(Candidacy {
+            priority: 100,
+            flags: all,
+        }),
+        Body::VoteRequest(VoteRequest {
+            priority: 100,
+            flags: all,
+            transfer: None,
+        }),
+    ];
+    for body in bodies {
+        let is_heartbeat = matches!(body, Body::Heartbeat(_));
+        let mut sender = codec(1, EPOCH);
+        sender.set_all_speak_2(true);
+        let msg = Message { term: 1, body };
+        let got = codec(2, EPOCH)
+            .decode(&sender.encode(2, &msg))
+            .expect("decodes");
+        assert_eq!(got.speaks, 2, "{msg:?}");
+        assert_eq!(got.all_speak_2, is_heartbeat, "{msg:?}");
+    }
+}
+
+/// Keyrings are equal only when they hold the same keys in the same order: the order
+/// matters, since the first key signs.
+#[test]
+fn keyrings_are_equal_only_with_the_same_keys_in_the_same_order() {
+    let a = std::str::from_utf8(KEY).expect("ASCII test key");
+    let b = std::str::from_utf8(OTHER_KEY).expect("ASCII test key");
+    assert_eq!(ring(&[a, b]), ring(&[a, b]));
+    assert_eq!(keys(KEY), ring(&[a]));
+    assert_ne!(keys(KEY), keys(OTHER_KEY));
+    assert_ne!(ring(&[a, b]), ring(&[b, a]));
+    assert_ne!(ring(&[a]), ring(&[a, b]));
+}
+
+/// A key of exactly MIN_KEY_LEN bytes is long enough, one byte less is not, in a key
+/// file and given directly alike; a ring that parsed is never empty.
+#[test]
+fn a_key_of_exactly_the_minimum_length_is_accepted() {
+    use apivip_proto::wire::MIN_KEY_LEN;
+    let just = "k".repeat(MIN_KEY_LEN);
+    let short = "k".repeat(MIN_KEY_LEN - 1);
+    let ring = Keyring::parse(&just).expect("a key of the minimum length");
+    assert_eq!((ring.len(), ring.is_empty()), (1, false));
+    assert_eq!(
+        Keyring::parse(&format!("# rotation\n{short}")),
+        Err(KeyError::LineTooShort {
+            line: 2,
+            len: MIN_KEY_LEN - 1
+        })
+    );
+    assert!(Keyring::single(just.as_bytes()).is_ok());
+    assert_eq!(
+        Keyring::single(short.as_bytes()),
+        Err(KeyError::TooShort {
+            len: MIN_KEY_LEN - 1
+        })
+    );
+}
