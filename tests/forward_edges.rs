@@ -331,22 +331,16 @@ async fn a_release_closes_what_every_forwarder_thread_accepted() {
     let mut rt = runtime(&[e.addr]);
     rt.threads = 3;
     let (h, front) = start(rt).await;
-    let mut conns = Vec::new();
-    for _ in 0..12 {
-        conns.push(connect(front).await.0);
+    // The second round is accepted after the first release (the VIP came back).
+    for round in 1..=2u64 {
+        let mut conns = Vec::new();
+        for _ in 0..12 {
+            conns.push(connect(front).await.0);
+        }
+        h.close_accepted_on(front.ip());
+        for c in &mut conns {
+            closed_within(c, LIMIT).await;
+        }
+        assert_eq!(h.totals().vip_released_closed, 12 * round);
     }
-    h.close_accepted_on(front.ip());
-    for c in &mut conns {
-        closed_within(c, LIMIT).await;
-    }
-    assert_eq!(h.totals().vip_released_closed, 12);
-    let mut again = Vec::new();
-    for _ in 0..12 {
-        again.push(connect(front).await.0);
-    }
-    h.close_accepted_on(front.ip());
-    for c in &mut again {
-        closed_within(c, LIMIT).await;
-    }
-    assert_eq!(h.totals().vip_released_closed, 24);
 }

@@ -124,6 +124,7 @@ impl Cluster {
                 "node {id} never logged {needle:?}:\n{}",
                 self.log(id)
             );
+            // The poll interval of the wait for the line, not a wait in itself.
             std::thread::sleep(Duration::from_millis(10));
         }
     }
