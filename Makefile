@@ -29,7 +29,7 @@ unit:
 	$(CARGO) build -p apivip -p apivip-testkit --bins
 	$(CARGO) test --workspace
 
-# The election simulator's figures: 5,400 random schedules, failover and handover times.
+# The election simulator's figures: 10,800 random schedules, failover and handover times.
 sim-report:
 	$(CARGO) run -q --release -p apivip-proto --features sim --example sim-report -- 300
 

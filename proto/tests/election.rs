@@ -41,6 +41,22 @@ fn grants_vote(actions: &[Action]) -> bool {
     )
 }
 
+/// Counts the events a test loop hands a node: a node whose timer stops advancing, or
+/// whose every answer asks for another (livelocks a mutant can cause), fails its test at
+/// once instead of hanging the run, or filling memory, until cargo-mutants' time-out.
+#[derive(Default)]
+struct Steps(u32);
+
+impl Steps {
+    fn tick(&mut self) {
+        self.0 += 1;
+        assert!(
+            self.0 <= 100_000,
+            "over 100,000 events handed to the node: a livelock"
+        );
+    }
+}
+
 /// Runs a lone node's timers (and confirms its VIP operations) until `end`.
 fn drive_alone(
     node: &mut Node,
@@ -51,9 +67,12 @@ fn drive_alone(
     let mut all = first.clone();
     let mut pending = first;
     let mut timer = timer_of(&pending);
+    let mut steps = Steps::default();
     while now < end {
+        steps.tick();
         let mut next = Vec::new();
         for a in &pending {
+            steps.tick();
             match a {
                 Action::ClaimVip { .. } | Action::RefreshVip { .. } => {
                     next.extend(node.handle(now, Event::VipApplied { ok: true }))
@@ -342,9 +361,11 @@ fn run_with_peers(
     stop: impl Fn(&Action) -> bool,
 ) -> (Instant, Action) {
     let mut acts = first;
+    let mut steps = Steps::default();
     for _ in 0..10_000 {
         let mut next = Vec::new();
         for a in &acts {
+            steps.tick();
             if stop(a) {
                 return (now, a.clone());
             }
@@ -898,7 +919,9 @@ fn holds_vip_flag_ends_exactly_at_the_hold_limit() {
         let at = until.saturating_sub(Duration::from_nanos(offset_ns));
         // The peers go quiet and the kernel is slow: the node runs its timers (no jump
         // in time, which would read as a resumed process) up to the claim's answer.
+        let mut steps = Steps::default();
         while let Some(t) = n.next_timer().filter(|t| *t < at) {
+            steps.tick();
             n.handle(t, Event::Timer);
         }
         assert_eq!(n.vip_hold_until(), Some(until), "the hold limit moved");
@@ -1086,6 +1109,121 @@ fn shutdown_is_ready_only_without_the_lead_or_the_vip() {
     assert!(!ready(&acts), "{acts:?}");
 }
 
+/// An ack from an older term never counts toward the lease, even when its sequence
+/// number matches a heartbeat of this term (sequence numbers start again with each
+/// term, so a late ack of this node's previous lead can carry one).
+#[test]
+fn an_ack_from_an_older_term_never_makes_a_lease() {
+    let t0 = Instant::from_nanos(0);
+    let (mut n, now) = candidate(three(1), t0);
+    let term = n.term();
+    let acts = n.handle(
+        now,
+        Event::Message {
+            from: 2,
+            msg: vote_answer(term, true),
+        },
+    );
+    assert_eq!(n.role(), RoleName::Leader);
+    let seq = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                msg:
+                    Message {
+                        body: Body::Heartbeat(hb),
+                        ..
+                    },
+                ..
+            } => Some(hb.seq),
+            _ => None,
+        })
+        .expect("a first heartbeat");
+    let claims = |acts: &[Action]| {
+        acts.iter()
+            .filter(|a| matches!(a, Action::ClaimVip { .. }))
+            .count()
+    };
+    let later = now + ms(1);
+    for from in [2, 3] {
+        let acts = n.handle(
+            later,
+            Event::Message {
+                from,
+                msg: ack(term - 1, seq),
+            },
+        );
+        assert_eq!(claims(&acts), 0, "a stale ack made a lease: {acts:?}");
+    }
+    let acts = n.handle(
+        later,
+        Event::Message {
+            from: 2,
+            msg: ack(term, seq),
+        },
+    );
+    assert_eq!(claims(&acts), 1, "{acts:?}");
+}
+
+/// A campaign under way when shutdown is asked is dropped: the node reports ready (the
+/// daemon exits on that), so a vote won afterwards must not make it lead or claim the
+/// VIP. It would leave with the lead and no Resign, and the cluster would wait out a
+/// lease and an election timeout for the next holder.
+#[test]
+fn a_candidate_asked_to_shut_down_never_leads() {
+    use apivip_proto::election::{Admin, Notice};
+    let t0 = Instant::from_nanos(0);
+    let (mut n, now) = candidate(three(1), t0);
+    let term = n.term();
+    let mut acts = n.handle(now, Event::Admin(Admin::Shutdown));
+    acts.extend(n.handle(now, Event::Timer));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Notice(Notice::ShutdownReady))),
+        "{acts:?}"
+    );
+    assert_eq!(n.role(), RoleName::Follower, "still campaigning");
+    // The votes it asked for still come in, and then whatever a leader would be acked.
+    let mut acts = Vec::new();
+    for from in [2, 3] {
+        acts.extend(n.handle(
+            now + ms(1),
+            Event::Message {
+                from,
+                msg: vote_answer(term, true),
+            },
+        ));
+    }
+    for seq in 0..4 {
+        for from in [2, 3] {
+            acts.extend(n.handle(
+                now + ms(2),
+                Event::Message {
+                    from,
+                    msg: ack(term, seq),
+                },
+            ));
+        }
+    }
+    let mut at = now + ms(2);
+    for _ in 0..20 {
+        at = n.next_timer().map_or(at, |t| t.max(at));
+        acts.extend(n.handle(at, Event::Timer));
+    }
+    assert_ne!(n.role(), RoleName::Leader);
+    assert!(
+        !acts.iter().any(|a| matches!(
+            a,
+            Action::ClaimVip { .. }
+                | Action::Notice(Notice::Role {
+                    role: RoleName::Leader,
+                    ..
+                })
+        )),
+        "led after it said it was ready to exit: {acts:?}"
+    );
+}
+
 /// The bound is exact: a term of MAX_TERM is followed, MAX_TERM + 1 is refused even from
 /// a node whose own term is within the leap of it.
 #[test]
@@ -1247,7 +1385,9 @@ fn a_blocked_node_looks_again_soon_after_its_promise_ends() {
     let (mut n, began) = pre_candidate(three(1), t0);
     let until = promised(&mut n, began);
     let mut now = began;
+    let mut steps = Steps::default();
     while n.role() == RoleName::PreCandidate {
+        steps.tick();
         now = n.next_timer().expect("a timer");
         n.handle(now, Event::Timer);
     }
@@ -1531,7 +1671,9 @@ fn a_silent_majority_ends_the_hold_exactly_at_the_hold_limit() {
     let (mut l, _) = holding_leader(t0);
     let until = l.vip_hold_until().expect("a hold limit");
     let before = until.saturating_sub(Duration::from_nanos(1));
+    let mut steps = Steps::default();
     while let Some(t) = l.next_timer().filter(|t| *t < before) {
+        steps.tick();
         l.handle(t, Event::Timer);
     }
     let acts = l.handle(before, Event::Timer);
@@ -1785,11 +1927,14 @@ fn lead_until_handover(
     use apivip_proto::election::Notice;
     let start = now;
     let mut now = now;
+    let mut steps = Steps::default();
     while now < start + end {
+        steps.tick();
         now = l.next_timer().expect("a timer").max(now);
         let mut acts = l.handle(now, Event::Timer);
         let mut i = 0;
         while let Some(a) = acts.get(i) {
+            steps.tick();
             let more = match a {
                 Action::Notice(Notice::TransferStarted { to, .. }) => {
                     return Some((now - start, *to));
@@ -1965,6 +2110,41 @@ fn two_node_leaders_settle_on_the_better_one() {
     }
 }
 
+/// Without the two-node tie-break (the simulator's experiment that shows it is needed),
+/// a two-node leader that hears a leader of a newer term follows it, as any node does on
+/// seeing a newer term; one of its own term changes nothing.
+#[test]
+fn without_the_tiebreak_a_two_node_leader_yields_only_to_a_newer_term() {
+    use apivip_proto::election::{Quorum, Rules};
+    let t0 = Instant::from_nanos(0);
+    let leader = || {
+        let mut cfg = NodeConfig::new(1, members(&[1, 2]), Profile::Default.timing());
+        cfg.quorum = Quorum::TwoNode;
+        cfg.rules = Rules::ALL.without("two_node_tiebreak").expect("a rule");
+        let mut n = Node::new(cfg, Persisted::default(), true, 1, t0);
+        let first = n.start(t0);
+        let (now, _) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(3));
+        assert_eq!(n.role(), RoleName::Leader);
+        (n, now)
+    };
+    for (ahead, role) in [(0, RoleName::Leader), (2, RoleName::Follower)] {
+        let (mut n, now) = leader();
+        let term = n.term();
+        n.handle(
+            now,
+            Event::Message {
+                from: 2,
+                msg: heartbeat(term + ahead, 1),
+            },
+        );
+        assert_eq!(
+            (n.role(), n.term()),
+            (role, term + ahead),
+            "{ahead} terms ahead"
+        );
+    }
+}
+
 /// A refused claim is retried exactly when its pause (one heartbeat) ends, off the
 /// heartbeat's beat; and at that instant a retry that may not claim yet (its ack round
 /// is too old for a fresh lifetime) arms no timer for the same instant, which would wake
@@ -1982,7 +2162,9 @@ fn a_refused_claim_is_retried_when_its_pause_ends() {
         n.handle(failed, Event::VipApplied { ok: false });
         n.handle(failed, Event::VipReleased);
         let mut now = failed;
+        let mut steps = Steps::default();
         while now < failed + end {
+            steps.tick();
             now = n.next_timer().expect("a timer");
             let acts = n.handle(now, Event::Timer);
             if acts.iter().any(|a| matches!(a, Action::ClaimVip { .. })) {
@@ -2052,7 +2234,9 @@ fn a_lone_member_keeps_retrying_a_refused_vip() {
     let mut acts = n.start(t0);
     let mut now = t0;
     let mut claims = 0;
+    let mut steps = Steps::default();
     while now < t0 + Duration::from_secs(10) {
+        steps.tick();
         let mut next = Vec::new();
         for a in &acts {
             match a {
@@ -2183,6 +2367,49 @@ fn votes_go_to_fresh_terms_once_and_refusals_say_why() {
         Some((false, StaleTerm)),
         "older term, voted"
     );
+}
+
+/// A candidate this node voted for that stands again in a newer term (its round was
+/// lost) gets a new vote in that term, after the full check: answering it as a
+/// retransmission of the old request would grant in the old term, which the candidate
+/// ignores, and leave this node a term behind.
+#[test]
+fn a_vote_for_the_same_candidate_in_a_newer_term_is_a_new_vote() {
+    let t = Profile::Default.timing();
+    let t0 = Instant::from_nanos(0);
+    let mut n = Node::new(
+        three(3),
+        Persisted {
+            term: 5,
+            voted_for: None,
+        },
+        true,
+        1,
+        t0,
+    );
+    n.start(t0);
+    n.handle(t0, Event::VipReleased);
+    let now = t0 + t.election_max;
+    let mut ask = |msg: Message| -> Vec<(u64, bool)> {
+        n.handle(now, Event::Message { from: 2, msg })
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to: 2,
+                    msg:
+                        Message {
+                            term,
+                            body: Body::Vote(b),
+                        },
+                } => Some((term, b.granted)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(ask(vote_request(5)), vec![(5, true)]);
+    assert_eq!(ask(vote_request(5)), vec![(5, true)], "a retransmission");
+    assert_eq!(ask(vote_request(6)), vec![(6, true)], "its next round");
+    assert_eq!(n.term(), 6);
 }
 
 /// An ack's promise refuses votes until exactly heartbeat + E_min; before that only a

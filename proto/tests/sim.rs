@@ -189,6 +189,29 @@ fn runs_are_deterministic() {
     );
 }
 
+/// The stop-in-election family reaches its case in every schedule: a node told to stop
+/// while it stands in a vote round (else its checks would pass without testing it).
+/// Whether such a node then leads is the family's check, in the broad sweeps.
+#[test]
+fn stop_in_election_stops_a_candidate_in_every_schedule() {
+    for profile in Profile::ALL {
+        let mut stopped = 0;
+        for seed in 0..100 {
+            let r = Scenario::build(Family::StopInElection, seed, Rules::ALL, profile).run();
+            assert!(
+                r.stopped_candidates > 0,
+                "{} seed {seed}: no candidate was stopped",
+                profile.name()
+            );
+            stopped += r.stopped_candidates;
+        }
+        println!(
+            "stop-in-election {}: {stopped} candidates stopped in 100 schedules",
+            profile.name()
+        );
+    }
+}
+
 /// Issue 12's probe: the leader still on the default timing (L = 500 ms), its followers
 /// already reloaded to `fast` (E_min = 300 ms), and the leader cut from its peers but not
 /// from its clients. With leases bounded by what each acker promised: no overlap. With

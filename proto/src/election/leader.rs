@@ -407,7 +407,9 @@ impl Node {
     }
 
     fn check_handover(&mut self, now: Instant) {
-        if !self.is_leader() || self.transferring() || self.shutdown != Shutdown::Running {
+        // A leader asked to shut down is always transferring: the request starts the
+        // handover, and a campaign under way when it came is dropped (`on_admin`).
+        if !self.is_leader() || self.transferring() {
             if let Role::Leader(l) = &mut self.role {
                 l.preempt = None;
             }

@@ -730,9 +730,23 @@ impl Node {
                     return;
                 }
                 self.shutdown = Shutdown::Pending;
-                if self.is_leader() && !self.transferring() {
-                    let target = self.best_follower(now, |_| true);
-                    self.start_transfer(now, target, TransferReason::Shutdown);
+                match self.role {
+                    // A handover already under way is left to finish (`start_transfer`
+                    // returns at once): it ends in the same place.
+                    Role::Leader(_) => {
+                        let target = self.best_follower(now, |_| true);
+                        self.start_transfer(now, target, TransferReason::Shutdown);
+                    }
+                    Role::PreCandidate(_) | Role::Candidate(_) => {
+                        // Not leading, so ready at once; a campaign left running could
+                        // still win and lead after the daemon was told it may exit: it
+                        // would leave with the lead and no Resign, and the cluster would
+                        // wait out a lease and an election timeout instead of one timeout.
+                        // The election deadline, past or not, finds a node that may not
+                        // campaign and looks again later.
+                        self.role = Role::Follower;
+                    }
+                    Role::Follower => {}
                 }
             }
         }

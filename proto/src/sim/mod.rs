@@ -189,6 +189,13 @@ pub enum Script {
     /// The timing and protocol the node runs from its next start (a new config or a new
     /// binary, in place before a restart).
     Respec(NodeId, Option<Timing>, u8),
+    /// SIGTERM the first node to stand in a vote round before `until`, the moment it
+    /// does; it exits 50 ms later and starts again after `down`: an operator's restart
+    /// that lands in an election.
+    StopNextCandidate {
+        down: Duration,
+        until: Duration,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -279,6 +286,8 @@ struct SimNode {
     /// The longest promise (E_min, its own clock) it may have given: kept across
     /// restarts, as the daemon keeps it in its state file.
     promise_floor: Duration,
+    /// This incarnation reported ShutdownReady: the daemon would be exiting.
+    exiting: bool,
 }
 
 impl SimNode {
@@ -326,6 +335,11 @@ pub struct Report {
     pub livelock_at: Option<Duration>,
     /// Claims and refreshes a faulty kernel refused, in all.
     pub vip_ops_refused: u64,
+    /// Leads won and claims made by a node after it reported ShutdownReady: the daemon
+    /// exits on that notice, so such a node would leave with the lead and no handover.
+    pub after_shutdown_ready: u32,
+    /// Candidates told to stop by [`Script::StopNextCandidate`].
+    pub stopped_candidates: u32,
     pub trace: String,
 }
 
@@ -344,6 +358,8 @@ pub struct Sim {
     gap_since: Option<Instant>,
     heal_mark: Option<Instant>,
     last_leader: Option<NodeId>,
+    /// Armed by [`Script::StopNextCandidate`]: its downtime and deadline.
+    stop_next_candidate: Option<(Duration, Duration)>,
     /// Pending measurements: (kind, start, old holder).
     waiting: Vec<(bool, Instant, Option<NodeId>)>,
     report: Report,
@@ -383,6 +399,7 @@ impl Sim {
                     link_up: true,
                     vip_fault: false,
                     promise_floor: Duration::ZERO,
+                    exiting: false,
                 },
             );
         }
@@ -400,6 +417,7 @@ impl Sim {
             gap_since: None,
             heal_mark: None,
             last_leader: None,
+            stop_next_candidate: None,
             waiting: Vec::new(),
             report: Report::default(),
             trace: VecDeque::new(),
@@ -580,7 +598,10 @@ impl Sim {
                         n.persisted = p;
                     }
                 }
-                Action::ClaimVip { lifetime } => self.queue_op(id, VipOp::Claim(lifetime)),
+                Action::ClaimVip { lifetime } => {
+                    self.count_if_exiting(id);
+                    self.queue_op(id, VipOp::Claim(lifetime));
+                }
                 Action::RefreshVip { lifetime } => self.queue_op(id, VipOp::Refresh(lifetime)),
                 Action::ReleaseVip => self.queue_op(id, VipOp::Release),
                 Action::SetTimer(local) => {
@@ -605,14 +626,49 @@ impl Sim {
     }
 
     fn notice(&mut self, id: NodeId, notice: Notice) {
-        if let Notice::Role {
-            role: crate::election::RoleName::Leader,
-            ..
-        } = notice
-        {
-            self.last_leader = Some(id);
+        match notice {
+            Notice::Role {
+                role: crate::election::RoleName::Leader,
+                ..
+            } => {
+                self.count_if_exiting(id);
+                self.last_leader = Some(id);
+            }
+            Notice::Role {
+                role: crate::election::RoleName::Candidate,
+                ..
+            } => self.stop_if_armed(id),
+            Notice::ShutdownReady => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.exiting = true;
+                }
+            }
+            _ => {}
         }
         self.log(|| format!("n{id} {notice:?}"));
+    }
+
+    fn stop_if_armed(&mut self, id: NodeId) {
+        let Some((down, until)) = self.stop_next_candidate.take() else {
+            return;
+        };
+        let now = self.now.as_duration();
+        if now >= until {
+            return;
+        }
+        self.report.stopped_candidates += 1;
+        // Queued behind the actions being applied, ahead of any answer to its requests.
+        let exit = now + Duration::from_millis(50);
+        self.script(now, Script::Admin(Target::Node(id), Admin::Shutdown));
+        self.script(exit, Script::Crash(Target::Node(id)));
+        self.script(exit + down, Script::Start(Target::Node(id)));
+    }
+
+    fn count_if_exiting(&mut self, id: NodeId) {
+        if self.nodes.get(&id).is_some_and(|n| n.exiting) {
+            self.report.after_shutdown_ready += 1;
+            self.log(|| format!("n{id} leads or claims after ShutdownReady"));
+        }
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
@@ -925,6 +981,9 @@ impl Sim {
                     }
                 }
             }
+            Script::StopNextCandidate { down, until } => {
+                self.stop_next_candidate = Some((down, until));
+            }
             Script::Heal => {
                 self.blocked.clear();
                 self.extra_delay.clear();
@@ -1037,6 +1096,7 @@ impl Sim {
         n.ops.clear();
         n.op_busy = false;
         n.timer_fired_while_frozen = false;
+        n.exiting = false;
         let persisted = if rules.persist {
             n.persisted
         } else {

@@ -76,6 +76,9 @@ pub enum Family {
     RollingUpgrade,
     /// Protocol 2 back to 1, one node at a time, the timing unchanged.
     RollingDowngrade,
+    /// Restarts that land in elections: the holder dies or hands over, and the first
+    /// node to stand in the vote round that follows is told to stop (SIGTERM) just then.
+    StopInElection,
 }
 
 impl Family {
@@ -88,7 +91,7 @@ impl Family {
         Family::ForgetfulVoter,
     ];
 
-    pub const BROAD: [Family; 11] = [
+    pub const BROAD: [Family; 12] = [
         Family::Faults,
         Family::Freeze,
         Family::Handover,
@@ -100,9 +103,10 @@ impl Family {
         Family::RollingTiming,
         Family::RollingUpgrade,
         Family::RollingDowngrade,
+        Family::StopInElection,
     ];
 
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 18] = [
         Family::Faults,
         Family::Freeze,
         Family::Handover,
@@ -120,6 +124,7 @@ impl Family {
         Family::RollingTiming,
         Family::RollingUpgrade,
         Family::RollingDowngrade,
+        Family::StopInElection,
     ];
 
     pub fn from_name(name: &str) -> Option<Family> {
@@ -145,6 +150,7 @@ impl Family {
             Family::RollingTiming => "rolling-timing",
             Family::RollingUpgrade => "rolling-upgrade",
             Family::RollingDowngrade => "rolling-downgrade",
+            Family::StopInElection => "stop-in-election",
         }
     }
 }
@@ -181,6 +187,7 @@ impl Scenario {
             Family::RollingTiming => rolling_timing(&mut rng, profile, seed),
             Family::RollingUpgrade => rolling_upgrade(&mut rng, profile, seed),
             Family::RollingDowngrade => rolling_downgrade(&mut rng, timing),
+            Family::StopInElection => stop_in_election(&mut rng, timing),
         };
         sc.family = family;
         sc.seed = seed;
@@ -253,6 +260,12 @@ impl Scenario {
             errs.push(format!(
                 "{} claims or refreshes refused by a faulty kernel (bound {bound}): no back-off",
                 r.vip_ops_refused
+            ));
+        }
+        if r.after_shutdown_ready > 0 {
+            errs.push(format!(
+                "{} leads or claims by a node after it reported ShutdownReady",
+                r.after_shutdown_ready
             ));
         }
         if self.no_gap && r.gap_total > Duration::ZERO {
@@ -836,6 +849,42 @@ fn stale_term(rng: &mut Rng, timing: Timing) -> Scenario {
         t += between(rng, 3.0, 6.0).as_secs_f64();
     }
     sc.no_gap = true;
+    sc
+}
+
+/// Every few seconds an election, by a crash of the holder or a drill, with the first
+/// node to stand in its vote round told to stop as it does: each candidate that wins
+/// after it reported ready to exit fails the check, as would a cluster that stays
+/// without a holder once the stopped nodes are back.
+fn stop_in_election(rng: &mut Rng, timing: Timing) -> Scenario {
+    let cfg = mixed_cluster(rng, &timing, [100, 100, 150, 50]);
+    let n = cfg.nodes.len() as u32;
+    let mut sc = Scenario::new(cfg, s(30.0));
+    sc.at(s(0.0), Script::SetNet(lan_or_lossy(rng)));
+    let mut t = between(rng, 3.0, 5.0);
+    while t < s(20.0) {
+        let gap = between(rng, 3.0, 6.0);
+        let down = between(rng, 0.01, 1.0);
+        sc.at(
+            t,
+            Script::StopNextCandidate {
+                down,
+                until: t + gap,
+            },
+        );
+        if rng.chance(0.5) {
+            sc.at(t, Script::Restart(Target::Holder, between(rng, 0.01, 2.0)));
+        } else {
+            sc.at(
+                t,
+                Script::Admin(Target::Holder, Admin::Transfer { to: None }),
+            );
+        }
+        t += gap;
+    }
+    let ids: Vec<NodeId> = (1..=n).collect();
+    sc.heal_all(t + s(3.0), &ids);
+    sc.end = t + s(13.0);
     sc
 }
 
