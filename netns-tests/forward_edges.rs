@@ -28,10 +28,13 @@ fn open_on(tb: &Testbed, i: usize) -> u64 {
 
 /// `kubectl get --raw /readyz` against VIP:8443 from node `from`'s namespace.
 fn kubectl_readyz(tb: &Testbed, from: usize) -> Result<(), String> {
+    kubectl_readyz_in(tb, tb.topo.node(from))
+}
+
+/// The same from any namespace of the testbed.
+fn kubectl_readyz_in(tb: &Testbed, ns: &apivip_testkit::netns::Node) -> Result<(), String> {
     let server = SocketAddr::new(tb.vip(), 8443);
-    let out = tb
-        .topo
-        .node(from)
+    let out = ns
         .exec(&[
             "kubectl",
             "--server",
@@ -83,7 +86,8 @@ fn silent_and_vanished_clients_free_their_slots_while_kubectl_is_served() {
     }
     // keepalive 2 s: probes every 2 s, 3 of them, so a vanished peer is dropped 8 s after
     // its last word at most.
-    let extra = "[forward]\nfirst_byte_timeout = \"2s\"\nkeepalive = \"2s\"\nmax_per_source = 0\n";
+    // Both per-source limits off: the 2,000 clients come from one address in a burst.
+    let extra = "[forward]\nfirst_byte_timeout = \"2s\"\nkeepalive = \"2s\"\nmax_per_source = 0\nmax_new_per_source = 0\n";
     let (tb, h) = up(TestbedSpec {
         extra: extra.into(),
         ..spec(false)
@@ -166,6 +170,58 @@ fn one_source_is_held_to_max_per_source() {
     println!(
         "max_per_source 50: 80 from one client -> 50 open, 30 turned away; {} open again after they closed",
         again.len()
+    );
+}
+
+/// One source opening connections faster than `max_new_per_source` is turned away at
+/// accept beyond a second's burst, with no backend dialled, however fast it closes them
+/// again (the churn that uses up source ports); another source is served meanwhile, and
+/// the source itself once its bucket refills.
+#[test]
+fn one_source_is_held_to_max_new_per_source() {
+    if !require_root("one_source_is_held_to_max_new_per_source") {
+        return;
+    }
+    let rate: u32 = 20;
+    let (tb, h) = up(TestbedSpec {
+        extra: format!("[forward]\nmax_new_per_source = {rate}\n"),
+        ..spec(false)
+    });
+    let before = forwarder(&tb, h)["accepted"].as_u64().unwrap_or(0);
+    let started = Instant::now();
+    let mut opened = 0;
+    for _ in 0..10 {
+        opened += open_clients(&tb, 10, true).len() as u64;
+    }
+    let took = started.elapsed();
+    assert_eq!(opened, 100);
+    wait_until(Duration::from_secs(5), || {
+        forwarder(&tb, h)["accepted"].as_u64() >= Some(before + 100)
+    })
+    .unwrap_or_else(|| panic!("100 accepted: {}", forwarder(&tb, h)));
+    let limited = forwarder(&tb, h)["source_rate_limited"]
+        .as_u64()
+        .unwrap_or(0);
+    // The burst, plus what refilled while the client connected (rounded up, plus one for
+    // the instant the first connect met).
+    let refilled = (took.as_secs_f64() * f64::from(rate)).ceil() as u64 + 1;
+    let admitted = 100 - limited;
+    assert!(
+        admitted >= u64::from(rate) && admitted <= u64::from(rate) + refilled,
+        "{admitted} admitted of 100 in {took:?} at {rate}/s: {}",
+        forwarder(&tb, h)
+    );
+    kubectl_readyz(&tb, (h + 1) % 3).expect("another source is served");
+    wait_until(Duration::from_secs(5), || {
+        kubectl_readyz_in(&tb, tb.topo.client(0)).is_ok()
+    })
+    .unwrap_or_else(|| panic!("the source once its bucket refilled: {}", forwarder(&tb, h)));
+    let st = tb.status(h).unwrap();
+    for b in st["backends"].as_array().unwrap() {
+        assert_eq!(b["failures"], 0, "{b}");
+    }
+    println!(
+        "max_new_per_source {rate}: 100 connections opened and closed in {took:?} from one client -> {admitted} admitted, {limited} turned away; kubectl served from another source and, after, from the same one"
     );
 }
 

@@ -317,6 +317,10 @@ pub struct ForwardConfig {
     /// Loopback sources are exempt.
     #[serde(default = "default_max_per_source")]
     pub max_per_source: u32,
+    /// New connections one source address (IPv6: one /64) may open per second, with a
+    /// second's worth as burst; 0: no limit. Loopback sources are exempt.
+    #[serde(default = "default_max_new_per_source")]
+    pub max_new_per_source: u32,
     /// TCP keepalive on both sides: silence before the first probe (probes every 5 s,
     /// 3 of them, and TCP_USER_TIMEOUT to match). 0: the kernel's default (off).
     #[serde(default = "default_keepalive", with = "crate::duration")]
@@ -451,6 +455,9 @@ fn default_fin_timeout() -> Duration {
 fn default_max_per_source() -> u32 {
     1024
 }
+fn default_max_new_per_source() -> u32 {
+    200
+}
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)
 }
@@ -495,6 +502,7 @@ impl Default for ForwardConfig {
             fin_timeout: default_fin_timeout(),
             max_connections: default_max_connections(),
             max_per_source: default_max_per_source(),
+            max_new_per_source: default_max_new_per_source(),
             keepalive: default_keepalive(),
             shutdown_sessions_on_down: true,
             drain_timeout: default_drain_timeout(),
@@ -1262,6 +1270,13 @@ impl Loaded {
                 "must be 0 (no cap) to 1000000",
             ));
         }
+        if f.max_new_per_source > 1_000_000 {
+            errs.push(self.err(
+                "forward.max_new_per_source",
+                f.max_new_per_source,
+                "must be 0 (no limit) to 1000000",
+            ));
+        }
         // TCP_KEEPIDLE takes whole seconds up to 32767.
         if !f.keepalive.is_zero()
             && (f.keepalive < Duration::from_secs(1) || f.keepalive > Duration::from_secs(32_767))
@@ -1608,6 +1623,13 @@ address = "192.0.2.13"
         assert!(text.contains("forward.connect_timeout = 0"), "{text}");
         assert!(
             text.contains("flag --set forward.check.timeout: forward.check.timeout = 1m"),
+            "{text}"
+        );
+        assert_eq!(f.max_new_per_source, 200);
+        let e = load_with("[forward]\nmax_new_per_source = 1000001\n", &[], &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("forward.max_new_per_source = 1000001: must be 0 (no limit) to 1000000"),
             "{text}"
         );
     }

@@ -417,13 +417,14 @@ pub fn render_status(s: &StatusReport) -> String {
     if let Some(t) = &s.forwarder {
         let _ = writeln!(
             o,
-            "\nforwarder: {} open of at most {} (accepted {}); closed: idle {}, silent {}, over max_per_source {}, backend down {}, VIP released {}, no backend {}, local errors {}",
+            "\nforwarder: {} open of at most {} (accepted {}); closed: idle {}, silent {}, over max_per_source {}, over max_new_per_source {}, backend down {}, VIP released {}, no backend {}, local errors {}",
             t.open,
             t.max_connections,
             t.accepted,
             t.idle_closed,
             t.silent_closed,
             t.source_capped,
+            t.source_rate_limited,
             t.backend_down_closed,
             t.vip_released_closed,
             t.refused,

@@ -427,6 +427,7 @@ impl Collector for Dynamic {
                 ("idle", t.idle_closed),
                 ("silent", t.silent_closed),
                 ("source_cap", t.source_capped),
+                ("source_rate", t.source_rate_limited),
                 ("backend_down", t.backend_down_closed),
                 ("vip_released", t.vip_released_closed),
                 ("no_backend", t.refused),

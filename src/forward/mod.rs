@@ -31,7 +31,7 @@ pub use crate::config::SpliceMode;
 use crate::health::{HealthError, HealthSpec, Prober};
 use drain::Cut;
 pub use drain::DrainReport;
-use limits::{Keepalive, SourceCap, SourceGuard};
+use limits::{Keepalive, Refusal, SourceCap, SourceGuard};
 use pool::{ActiveGuard, Backend};
 pub use pool::{BackendHealth, BackendSpec, BackendStats};
 use relay::{End, RelayOpts, Side};
@@ -53,6 +53,9 @@ pub struct ForwardRuntime {
     pub max_connections: u32,
     /// Open connections per source address (IPv6: per /64); 0 = no cap. Loopback is exempt.
     pub max_per_source: u32,
+    /// New connections per second per source (IPv6: per /64), with a second's worth as
+    /// burst; 0 = no limit. Loopback is exempt.
+    pub max_new_per_source: u32,
     /// TCP keepalive on both sides; `None` leaves the kernel's default (off).
     pub keepalive: Option<Keepalive>,
     /// Close the sessions of a backend the active check marks down (haproxy's
@@ -83,6 +86,7 @@ impl ForwardRuntime {
             fin_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             max_per_source: 1024,
+            max_new_per_source: 200,
             keepalive: Some(Keepalive {
                 idle: Duration::from_secs(30),
             }),
@@ -129,6 +133,10 @@ pub struct ForwardTotals {
     pub silent_closed: u64,
     /// Clients turned away because their source already had `max_per_source` open.
     pub source_capped: u64,
+    /// Clients turned away because their source opened more than `max_new_per_source`
+    /// in the last second.
+    #[serde(default)]
+    pub source_rate_limited: u64,
     /// Sessions closed because the active check marked their backend down.
     pub backend_down_closed: u64,
     /// Sessions accepted on the VIP, closed when this node released it.
@@ -171,6 +179,7 @@ struct Shared {
     idle_closed: AtomicU64,
     silent_closed: AtomicU64,
     source_capped: AtomicU64,
+    source_rate_limited: AtomicU64,
     backend_down_closed: AtomicU64,
     vip_released_closed: AtomicU64,
     local_errors: AtomicU64,
@@ -264,10 +273,11 @@ impl Forwarder {
             idle_closed: AtomicU64::new(0),
             silent_closed: AtomicU64::new(0),
             source_capped: AtomicU64::new(0),
+            source_rate_limited: AtomicU64::new(0),
             backend_down_closed: AtomicU64::new(0),
             vip_released_closed: AtomicU64::new(0),
             local_errors: AtomicU64::new(0),
-            sources: SourceCap::new(rt.max_per_source),
+            sources: SourceCap::new(rt.max_per_source, rt.max_new_per_source),
             refused_log: Mutex::new(LogThrottle::default()),
             capped_log: Mutex::new(LogThrottle::default()),
         });
@@ -290,6 +300,7 @@ impl Forwarder {
             backends = ?rt.backends.iter().map(|b| b.address).collect::<Vec<_>>(),
             max_connections,
             max_per_source = rt.max_per_source,
+            max_new_per_source = rt.max_new_per_source,
             "forwarder started"
         );
         Ok(ForwarderHandle { shared, local })
@@ -348,6 +359,7 @@ impl ForwarderHandle {
             idle_closed: s.idle_closed.load(Ordering::Relaxed),
             silent_closed: s.silent_closed.load(Ordering::Relaxed),
             source_capped: s.source_capped.load(Ordering::Relaxed),
+            source_rate_limited: s.source_rate_limited.load(Ordering::Relaxed),
             backend_down_closed: s.backend_down_closed.load(Ordering::Relaxed),
             vip_released_closed: s.vip_released_closed.load(Ordering::Relaxed),
             local_errors: s.local_errors.load(Ordering::Relaxed),
@@ -534,17 +546,24 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             },
         };
         shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let Some(source) = shared.sources.admit(peer.ip()) else {
-            shared.source_capped.fetch_add(1, Ordering::Relaxed);
-            if let Some(held) = shared
-                .capped_log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .allow()
-            {
-                tracing::warn!(target: "apivip::forward", source = %peer.ip(), held_back = held, "connection refused: its source is at forward.max_per_source");
+        let source = match shared.sources.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(g) => g,
+            Err(why) => {
+                let (counter, field) = match why {
+                    Refusal::Open => (&shared.source_capped, "forward.max_per_source"),
+                    Refusal::Rate => (&shared.source_rate_limited, "forward.max_new_per_source"),
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(held) = shared
+                    .capped_log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .allow()
+                {
+                    tracing::warn!(target: "apivip::forward", source = %peer.ip(), held_back = held, "connection refused: its source is over {field}");
+                }
+                continue;
             }
-            continue;
         };
         // The address the client reached, for closing its sessions when this node lets the
         // VIP go: the listener's own, unless it listens on the wildcard.

@@ -112,6 +112,7 @@ pub fn runtime(c: &Config) -> ForwardRuntime {
         fin_timeout: f.fin_timeout,
         max_connections: f.max_connections,
         max_per_source: f.max_per_source,
+        max_new_per_source: f.max_new_per_source,
         keepalive: (!f.keepalive.is_zero())
             .then_some(super::limits::Keepalive { idle: f.keepalive }),
         shutdown_on_down: f.shutdown_sessions_on_down,
