@@ -2050,9 +2050,20 @@ fn handovers_for_failing_come_at_the_third_refusal_and_bench_longer_each_time() 
 /// Node `id` of a two-node cluster (two-node quorum) stored at `term`, leading alone
 /// with the VIP held, and that time.
 fn two_node_leader(id: u32, term: u64, t0: Instant) -> (Node, Instant) {
+    two_node_leader_with(id, term, apivip_proto::election::Rules::ALL, t0)
+}
+
+/// As `two_node_leader`, with these rules (the simulator's experiments).
+fn two_node_leader_with(
+    id: u32,
+    term: u64,
+    rules: apivip_proto::election::Rules,
+    t0: Instant,
+) -> (Node, Instant) {
     use apivip_proto::election::Quorum;
     let mut cfg = NodeConfig::new(id, members(&[1, 2]), Profile::Default.timing());
     cfg.quorum = Quorum::TwoNode;
+    cfg.rules = rules;
     let mut n = Node::new(
         cfg,
         Persisted {
@@ -2115,20 +2126,11 @@ fn two_node_leaders_settle_on_the_better_one() {
 /// seeing a newer term; one of its own term changes nothing.
 #[test]
 fn without_the_tiebreak_a_two_node_leader_yields_only_to_a_newer_term() {
-    use apivip_proto::election::{Quorum, Rules};
+    use apivip_proto::election::Rules;
     let t0 = Instant::from_nanos(0);
-    let leader = || {
-        let mut cfg = NodeConfig::new(1, members(&[1, 2]), Profile::Default.timing());
-        cfg.quorum = Quorum::TwoNode;
-        cfg.rules = Rules::ALL.without("two_node_tiebreak").expect("a rule");
-        let mut n = Node::new(cfg, Persisted::default(), true, 1, t0);
-        let first = n.start(t0);
-        let (now, _) = drive_alone(&mut n, t0, first, t0 + Duration::from_secs(3));
-        assert_eq!(n.role(), RoleName::Leader);
-        (n, now)
-    };
+    let rules = Rules::ALL.without("two_node_tiebreak").expect("a rule");
     for (ahead, role) in [(0, RoleName::Leader), (2, RoleName::Follower)] {
-        let (mut n, now) = leader();
+        let (mut n, now) = two_node_leader_with(1, 0, rules, t0);
         let term = n.term();
         n.handle(
             now,
@@ -2311,16 +2313,11 @@ fn answer_of(acts: &[Action]) -> Option<(bool, apivip_proto::message::VoteReason
     })
 }
 
-/// A vote goes only to a newer term, or to the voter's own term while it has not voted
-/// in it; a pre-vote only to a newer term. Refusals say why: a vote already cast in that
-/// term, or a stale term.
-#[test]
-fn votes_go_to_fresh_terms_once_and_refusals_say_why() {
-    use apivip_proto::message::VoteReason::{AlreadyVoted, Granted, StaleTerm};
+/// Node 3 restarted at term 5 without a vote in it, and the moment its silence ends; its
+/// own election timer (rank 2) is still far off.
+fn voter_at_term_5() -> (Node, Instant) {
     let t = Profile::Default.timing();
     let t0 = Instant::from_nanos(0);
-    // Node 3 restarted at term 5 without a vote in it, past its silence; its own
-    // election timer (rank 2) is still far off.
     let mut n = Node::new(
         three(3),
         Persisted {
@@ -2333,7 +2330,16 @@ fn votes_go_to_fresh_terms_once_and_refusals_say_why() {
     );
     n.start(t0);
     n.handle(t0, Event::VipReleased);
-    let now = t0 + t.election_max;
+    (n, t0 + t.election_max)
+}
+
+/// A vote goes only to a newer term, or to the voter's own term while it has not voted
+/// in it; a pre-vote only to a newer term. Refusals say why: a vote already cast in that
+/// term, or a stale term.
+#[test]
+fn votes_go_to_fresh_terms_once_and_refusals_say_why() {
+    use apivip_proto::message::VoteReason::{AlreadyVoted, Granted, StaleTerm};
+    let (mut n, now) = voter_at_term_5();
     let pre = |term: u64| Message {
         term,
         body: Body::PreVoteRequest(Candidacy {
@@ -2375,21 +2381,7 @@ fn votes_go_to_fresh_terms_once_and_refusals_say_why() {
 /// ignores, and leave this node a term behind.
 #[test]
 fn a_vote_for_the_same_candidate_in_a_newer_term_is_a_new_vote() {
-    let t = Profile::Default.timing();
-    let t0 = Instant::from_nanos(0);
-    let mut n = Node::new(
-        three(3),
-        Persisted {
-            term: 5,
-            voted_for: None,
-        },
-        true,
-        1,
-        t0,
-    );
-    n.start(t0);
-    n.handle(t0, Event::VipReleased);
-    let now = t0 + t.election_max;
+    let (mut n, now) = voter_at_term_5();
     let mut ask = |msg: Message| -> Vec<(u64, bool)> {
         n.handle(now, Event::Message { from: 2, msg })
             .into_iter()

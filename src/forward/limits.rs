@@ -77,12 +77,12 @@ fn key(ip: IpAddr) -> Option<SourceKey> {
     })
 }
 
-/// What is known of one source: its open connections and, for the rate, its theoretical
-/// arrival time (GCRA): the instant at which its bucket is full again.
+/// What is known of one source: its open connections and, when the rate is limited, its
+/// theoretical arrival time (GCRA): the instant at which its bucket is full again.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     open: u32,
-    full_at: Instant,
+    full_at: Option<Instant>,
 }
 
 /// Why a connection was turned away.
@@ -148,11 +148,13 @@ impl SourceCap {
         })
     }
 
-    /// Counts a connection from `ip` arriving at `now`, or says why it is refused.
+    /// Counts a connection from `ip`, or says why it is refused. `clock` is read only for
+    /// a source whose rate is limited: loopback clients (every client of a worker's proxy)
+    /// and a config without the rate limit cost no clock read.
     pub(crate) fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
-        now: Instant,
+        clock: impl FnOnce() -> Instant,
     ) -> Result<SourceGuard, Refusal> {
         let key = match key(ip) {
             Some(k) if self.max > 0 || self.rate.is_some() => k,
@@ -163,21 +165,24 @@ impl SourceCap {
                 });
             }
         };
+        let now = self.rate.map(|r| (r, clock()));
         let mut s = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        s.sweep(now);
+        if let Some((_, now)) = now {
+            s.sweep(now);
+        }
         let e = s.map.entry(key).or_insert(Entry {
             open: 0,
-            full_at: now,
+            full_at: None,
         });
         if self.max > 0 && e.open >= self.max {
             return Err(Refusal::Open);
         }
-        if let Some(r) = self.rate {
-            let at = e.full_at.max(now);
+        if let Some((r, now)) = now {
+            let at = e.full_at.map_or(now, |f| f.max(now));
             if at.saturating_duration_since(now) > r.tolerance {
                 return Err(Refusal::Rate);
             }
-            e.full_at = at + r.interval;
+            e.full_at = Some(at + r.interval);
         }
         e.open += 1;
         Ok(SourceGuard {
@@ -212,7 +217,8 @@ impl Sources {
             return;
         }
         self.swept_at = Some(now);
-        self.map.retain(|_, e| e.open > 0 || e.full_at > now);
+        self.map
+            .retain(|_, e| e.open > 0 || e.full_at.is_some_and(|f| f > now));
     }
 }
 
@@ -225,7 +231,7 @@ impl Drop for SourceGuard {
             // Removed once nothing is open and the bucket is full; otherwise the entry
             // keeps the rate's memory (a churning client closes each connection at once)
             // and a later sweep removes it.
-            if e.open == 0 && e.full_at <= Instant::now() {
+            if e.open == 0 && e.full_at.is_none_or(|f| f <= Instant::now()) {
                 s.map.remove(&key);
             }
         }
@@ -240,26 +246,28 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn now() -> Instant {
-        Instant::now()
-    }
-
     #[test]
     fn caps_each_source_and_frees_on_drop() {
         let cap = SourceCap::new(2, 0);
-        let a1 = cap.admit(ip("192.0.2.1"), now()).unwrap();
-        let _a2 = cap.admit(ip("192.0.2.1"), now()).unwrap();
-        assert_eq!(cap.admit(ip("192.0.2.1"), now()).err(), Some(Refusal::Open));
-        let _b = cap.admit(ip("192.0.2.2"), now()).unwrap();
+        let a1 = cap.admit(ip("192.0.2.1"), Instant::now).unwrap();
+        let _a2 = cap.admit(ip("192.0.2.1"), Instant::now).unwrap();
+        assert_eq!(
+            cap.admit(ip("192.0.2.1"), Instant::now).err(),
+            Some(Refusal::Open)
+        );
+        let _b = cap.admit(ip("192.0.2.2"), Instant::now).unwrap();
         drop(a1);
-        assert!(cap.admit(ip("192.0.2.1"), now()).is_ok());
+        assert!(cap.admit(ip("192.0.2.1"), Instant::now).is_ok());
     }
 
     #[test]
     fn map_empties_when_connections_close() {
         let cap = SourceCap::new(5, 0);
         let guards: Vec<_> = (1..=50)
-            .map(|i| cap.admit(ip(&format!("198.51.100.{i}")), now()).unwrap())
+            .map(|i| {
+                cap.admit(ip(&format!("198.51.100.{i}")), Instant::now)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(cap.sources(), 50);
         drop(guards);
@@ -269,34 +277,46 @@ mod tests {
     #[test]
     fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
         let cap = SourceCap::new(1, 0);
-        let _a = cap.admit(ip("2001:db8:1:2::1"), now()).unwrap();
+        let _a = cap.admit(ip("2001:db8:1:2::1"), Instant::now).unwrap();
         assert!(
-            cap.admit(ip("2001:db8:1:2::ffff"), now()).is_err(),
+            cap.admit(ip("2001:db8:1:2::ffff"), Instant::now).is_err(),
             "same /64"
         );
         assert!(
-            cap.admit(ip("2001:db8:1:3::1"), now()).is_ok(),
+            cap.admit(ip("2001:db8:1:3::1"), Instant::now).is_ok(),
             "another /64"
         );
-        let _v4 = cap.admit(ip("192.0.2.9"), now()).unwrap();
-        assert!(cap.admit(ip("::ffff:192.0.2.9"), now()).is_err());
+        let _v4 = cap.admit(ip("192.0.2.9"), Instant::now).unwrap();
+        assert!(cap.admit(ip("::ffff:192.0.2.9"), Instant::now).is_err());
     }
 
     #[test]
     fn loopback_and_no_limits_are_exempt() {
         let cap = SourceCap::new(1, 1);
         let _g: Vec<_> = (0..10)
-            .map(|_| cap.admit(ip("127.0.0.1"), now()).unwrap())
+            .map(|_| cap.admit(ip("127.0.0.1"), Instant::now).unwrap())
             .collect();
         let _h: Vec<_> = (0..10)
-            .map(|_| cap.admit(ip("::1"), now()).unwrap())
+            .map(|_| cap.admit(ip("::1"), Instant::now).unwrap())
             .collect();
         assert_eq!(cap.sources(), 0);
         let none = SourceCap::new(0, 0);
         let _x: Vec<_> = (0..10)
-            .map(|_| none.admit(ip("192.0.2.1"), now()).unwrap())
+            .map(|_| none.admit(ip("192.0.2.1"), Instant::now).unwrap())
             .collect();
         assert_eq!(none.sources(), 0);
+        // The clock is read only where a rate is kept: not for loopback, not for the
+        // open-connection cap alone.
+        let no_clock = || -> Instant { panic!("the clock was read") };
+        assert!(cap.admit(ip("127.0.0.1"), no_clock).is_ok());
+        let cap_only = SourceCap::new(1, 0);
+        let g = cap_only.admit(ip("192.0.2.1"), no_clock).unwrap();
+        assert_eq!(
+            cap_only.admit(ip("192.0.2.1"), no_clock).err(),
+            Some(Refusal::Open)
+        );
+        drop(g);
+        assert_eq!(cap_only.sources(), 0);
     }
 
     /// A second's worth at once, then one per interval: the 11th of a burst at 10/s is
@@ -307,20 +327,29 @@ mod tests {
         let cap = SourceCap::new(0, 10);
         let t0 = Instant::now();
         for i in 0..10 {
-            let g = cap.admit(ip("192.0.2.1"), t0);
+            let g = cap.admit(ip("192.0.2.1"), || t0);
             assert!(g.is_ok(), "connection {i} of the burst");
         }
-        assert_eq!(cap.admit(ip("192.0.2.1"), t0).err(), Some(Refusal::Rate));
-        assert!(cap.admit(ip("192.0.2.2"), t0).is_ok(), "another source");
+        assert_eq!(cap.admit(ip("192.0.2.1"), || t0).err(), Some(Refusal::Rate));
+        assert!(cap.admit(ip("192.0.2.2"), || t0).is_ok(), "another source");
         let later = t0 + Duration::from_millis(99);
-        assert_eq!(cap.admit(ip("192.0.2.1"), later).err(), Some(Refusal::Rate));
+        assert_eq!(
+            cap.admit(ip("192.0.2.1"), || later).err(),
+            Some(Refusal::Rate)
+        );
         let later = t0 + Duration::from_millis(100);
-        assert!(cap.admit(ip("192.0.2.1"), later).is_ok());
-        assert_eq!(cap.admit(ip("192.0.2.1"), later).err(), Some(Refusal::Rate));
+        assert!(cap.admit(ip("192.0.2.1"), || later).is_ok());
+        assert_eq!(
+            cap.admit(ip("192.0.2.1"), || later).err(),
+            Some(Refusal::Rate)
+        );
         // After a quiet second the whole burst is back.
         let quiet = later + Duration::from_secs(1);
         for i in 0..10 {
-            assert!(cap.admit(ip("192.0.2.1"), quiet).is_ok(), "{i} after quiet");
+            assert!(
+                cap.admit(ip("192.0.2.1"), || quiet).is_ok(),
+                "{i} after quiet"
+            );
         }
     }
 
@@ -332,17 +361,20 @@ mod tests {
         let cap = SourceCap::new(0, 2);
         let t0 = Instant::now();
         for _ in 0..2 {
-            drop(cap.admit(ip("192.0.2.1"), t0).unwrap());
+            drop(cap.admit(ip("192.0.2.1"), || t0).unwrap());
         }
-        assert!(cap.admit(ip("192.0.2.1"), t0).is_err(), "forgot the rate");
+        assert!(
+            cap.admit(ip("192.0.2.1"), || t0).is_err(),
+            "forgot the rate"
+        );
         for i in 0..3000u32 {
             let [a, b] = (i as u16).to_be_bytes();
-            drop(cap.admit(ip(&format!("198.51.{a}.{b}")), t0).unwrap());
+            drop(cap.admit(ip(&format!("198.51.{a}.{b}")), || t0).unwrap());
         }
         assert!(cap.sources() > SWEEP_ABOVE);
         // Two seconds on, every bucket is full: the next admit sweeps them all.
         let later = t0 + Duration::from_secs(2);
-        drop(cap.admit(ip("192.0.2.7"), later).unwrap());
+        drop(cap.admit(ip("192.0.2.7"), || later).unwrap());
         assert!(cap.sources() <= 2, "{} left", cap.sources());
     }
 

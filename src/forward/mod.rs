@@ -546,7 +546,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             },
         };
         shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let source = match shared.sources.admit(peer.ip(), std::time::Instant::now()) {
+        let source = match shared.sources.admit(peer.ip(), std::time::Instant::now) {
             Ok(g) => g,
             Err(why) => {
                 let (counter, field) = match why {

@@ -367,6 +367,25 @@ pub struct Sim {
 }
 
 const TRACE_LINES: usize = 400;
+
+/// An operator's restart of node `id` at `at`: SIGTERM (the node hands over), the exit
+/// 50 ms later, and a start after `down`. `at_exit` goes in at the exit, before the start
+/// (the new config or binary of a rolling change).
+pub(crate) fn sigterm_restart(
+    at: Duration,
+    id: NodeId,
+    down: Duration,
+    at_exit: Option<Script>,
+) -> Vec<(Duration, Script)> {
+    let exit = at + Duration::from_millis(50);
+    let mut steps = vec![
+        (at, Script::Admin(Target::Node(id), Admin::Shutdown)),
+        (exit, Script::Crash(Target::Node(id))),
+    ];
+    steps.extend(at_exit.map(|s| (exit, s)));
+    steps.push((exit + down, Script::Start(Target::Node(id))));
+    steps
+}
 const LIVELOCK_EVENTS: u32 = 100_000;
 
 impl Sim {
@@ -658,10 +677,9 @@ impl Sim {
         }
         self.report.stopped_candidates += 1;
         // Queued behind the actions being applied, ahead of any answer to its requests.
-        let exit = now + Duration::from_millis(50);
-        self.script(now, Script::Admin(Target::Node(id), Admin::Shutdown));
-        self.script(exit, Script::Crash(Target::Node(id)));
-        self.script(exit + down, Script::Start(Target::Node(id)));
+        for (at, s) in sigterm_restart(now, id, down, None) {
+            self.script(at, s);
+        }
     }
 
     fn count_if_exiting(&mut self, id: NodeId) {

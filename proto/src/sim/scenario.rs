@@ -920,11 +920,10 @@ fn restart_as(
     timing: Option<Timing>,
     protocol: u8,
 ) {
-    sc.at(t, Script::Admin(Target::Node(id), Admin::Shutdown));
-    let exit = t + Duration::from_millis(50);
-    sc.at(exit, Script::Crash(Target::Node(id)));
-    sc.at(exit, Script::Respec(id, timing, protocol));
-    sc.at(exit + down, Script::Start(Target::Node(id)));
+    let respec = Script::Respec(id, timing, protocol);
+    for (at, s) in sigterm_restart(t, id, down, Some(respec)) {
+        sc.at(at, s);
+    }
 }
 
 /// Faults between the steps of a rolling change: the holder cut from its peers (not
